@@ -1,0 +1,28 @@
+//! `relay-server`: the reference gateway binary.
+
+use clap::Parser;
+use relay_server::config::{Args, Config};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let config = match Config::from_args(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("relay-server: invalid configuration: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match relay_server::run(config, relay_server::shutdown_signal()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("relay-server: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
