@@ -13,6 +13,7 @@ pub mod id;
 pub mod money;
 pub mod policy;
 pub mod price;
+pub mod throttle;
 pub mod usage;
 
 pub use account::{
@@ -27,4 +28,5 @@ pub use policy::{
     Service,
 };
 pub use price::{ModelPrice, PriceBook, PriceError, SkippedEntry};
+pub use throttle::{Throttle, ThrottleDecision, ThrottleError};
 pub use usage::Usage;
