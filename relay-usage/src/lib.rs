@@ -2,6 +2,12 @@
 //! memory and Redis limiter backends.
 #![warn(missing_docs)]
 
+pub mod limiter;
 pub mod throttle;
 
+pub use limiter::memory::MemoryLimiter;
+pub use limiter::{
+    admit, AdmissionRequest, Denial, Limiter, LimiterError, Permit, SettleOutcome, Ticket,
+    WindowCap,
+};
 pub use throttle::MemoryThrottle;
