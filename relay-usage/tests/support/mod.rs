@@ -39,3 +39,84 @@ pub fn unique_prefix() -> String {
         ApiKeyId::new().as_str().trim_start_matches("key_")
     )
 }
+
+/// A TCP proxy to the test Redis that can stop forwarding, to simulate a dead link.
+pub struct PausableProxy {
+    addr: std::net::SocketAddr,
+    paused: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl PausableProxy {
+    /// Start a proxy on 127.0.0.1 in front of the test Redis.
+    pub async fn start() -> Option<Self> {
+        redis_conn().await?;
+        let target = redis_url()
+            .trim_start_matches("redis://")
+            .trim_end_matches('/')
+            .to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.ok()?;
+        let addr = listener.local_addr().ok()?;
+        let paused = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = paused.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let flag = flag.clone();
+                tokio::spawn(pipe(client, server, flag));
+            }
+        });
+        Some(Self { addr, paused })
+    }
+
+    /// The proxy's Redis URL.
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    /// Stop forwarding: requests get no answer.
+    pub fn pause(&self) {
+        self.paused.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+async fn pipe(
+    client: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
+    paused: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    let p1 = paused.clone();
+    let up = async move {
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = cr.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            if p1.load(std::sync::atomic::Ordering::SeqCst) {
+                continue;
+            }
+            if sw.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    };
+    let down = async move {
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = sr.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            if paused.load(std::sync::atomic::Ordering::SeqCst) {
+                continue;
+            }
+            if cw.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::join!(up, down);
+}
