@@ -1,0 +1,192 @@
+//! The conformance suite every [`WebhookEventStore`] backend passes. Each function panics
+//! on a violation; backends' tests call them all (see `tests/store_conformance.rs`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+
+use crate::store::{Claim, ClaimToken, WebhookEventStore};
+
+fn t0() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_767_225_600, 0).expect("valid time")
+}
+
+fn unique(name: &str) -> String {
+    format!("{name}-{}", ClaimToken::new().0)
+}
+
+/// A first claim wins; once completed, the event is a duplicate forever.
+pub async fn claim_complete_then_duplicate<S: WebhookEventStore>(store: &S) {
+    let id = unique("evt");
+    assert_eq!(store.get("stripe", &id).await.unwrap(), None);
+    let Claim::Claimed(token) = store
+        .claim("stripe", &id, t0(), Duration::minutes(5))
+        .await
+        .unwrap()
+    else {
+        panic!("first claim must win")
+    };
+    assert_eq!(
+        store
+            .claim("stripe", &id, t0(), Duration::minutes(5))
+            .await
+            .unwrap(),
+        Claim::InProgress
+    );
+    assert!(store
+        .complete("stripe", &id, &token, "applied", t0())
+        .await
+        .unwrap());
+    let record = store.get("stripe", &id).await.unwrap().unwrap();
+    assert!(record.processed);
+    assert_eq!(record.outcome.as_deref(), Some("applied"));
+    assert_eq!(record.attempts, 1);
+    // Even long after, with the lease long gone, it stays processed.
+    let later = t0() + Duration::days(30);
+    assert_eq!(
+        store
+            .claim("stripe", &id, later, Duration::minutes(5))
+            .await
+            .unwrap(),
+        Claim::AlreadyProcessed
+    );
+    // Completing or releasing again changes nothing.
+    assert!(!store
+        .complete("stripe", &id, &token, "other", later)
+        .await
+        .unwrap());
+    assert!(!store.release("stripe", &id, &token).await.unwrap());
+    let record = store.get("stripe", &id).await.unwrap().unwrap();
+    assert_eq!(record.outcome.as_deref(), Some("applied"));
+}
+
+/// A released claim (the handler failed) can be claimed again by the next delivery.
+pub async fn release_lets_a_retry_claim<S: WebhookEventStore>(store: &S) {
+    let id = unique("evt");
+    let Claim::Claimed(first) = store
+        .claim("alipay", &id, t0(), Duration::minutes(5))
+        .await
+        .unwrap()
+    else {
+        panic!("first claim must win")
+    };
+    assert!(!store
+        .release("alipay", &id, &ClaimToken::new())
+        .await
+        .unwrap());
+    assert!(store.release("alipay", &id, &first).await.unwrap());
+    let record = store.get("alipay", &id).await.unwrap().unwrap();
+    assert!(!record.processed);
+    let Claim::Claimed(second) = store
+        .claim("alipay", &id, t0(), Duration::minutes(5))
+        .await
+        .unwrap()
+    else {
+        panic!("a released event must be claimable")
+    };
+    // The first token is dead now.
+    assert!(!store
+        .complete("alipay", &id, &first, "applied", t0())
+        .await
+        .unwrap());
+    assert!(store
+        .complete("alipay", &id, &second, "applied", t0())
+        .await
+        .unwrap());
+    assert_eq!(store.get("alipay", &id).await.unwrap().unwrap().attempts, 2);
+}
+
+/// A crashed holder's claim is taken over after its lease; the old holder cannot complete.
+pub async fn expired_claim_is_taken_over<S: WebhookEventStore>(store: &S) {
+    let id = unique("evt");
+    let Claim::Claimed(stale) = store
+        .claim("wechat", &id, t0(), Duration::seconds(60))
+        .await
+        .unwrap()
+    else {
+        panic!("first claim must win")
+    };
+    assert_eq!(
+        store
+            .claim(
+                "wechat",
+                &id,
+                t0() + Duration::seconds(59),
+                Duration::seconds(60)
+            )
+            .await
+            .unwrap(),
+        Claim::InProgress
+    );
+    let Claim::Claimed(fresh) = store
+        .claim(
+            "wechat",
+            &id,
+            t0() + Duration::seconds(61),
+            Duration::seconds(60),
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("an expired claim must be taken over")
+    };
+    assert!(!store
+        .complete("wechat", &id, &stale, "applied", t0())
+        .await
+        .unwrap());
+    assert!(store
+        .complete("wechat", &id, &fresh, "held_for_review", t0())
+        .await
+        .unwrap());
+    let record = store.get("wechat", &id).await.unwrap().unwrap();
+    assert_eq!(record.outcome.as_deref(), Some("held_for_review"));
+}
+
+/// The same event id from two providers is two events.
+pub async fn providers_are_separate<S: WebhookEventStore>(store: &S) {
+    let id = unique("same-id");
+    for provider in ["stripe", "alipay"] {
+        let claim = store
+            .claim(provider, &id, t0(), Duration::minutes(5))
+            .await
+            .unwrap();
+        assert!(matches!(claim, Claim::Claimed(_)), "{provider}");
+    }
+}
+
+/// 100 concurrent claims of one event: exactly one wins.
+pub async fn concurrent_claims_have_one_winner<S: WebhookEventStore>(store: Arc<S>) {
+    let id = unique("evt");
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            let id = id.clone();
+            tokio::spawn(async move {
+                store
+                    .claim("stripe", &id, t0(), Duration::minutes(5))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut won = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Claim::Claimed(_) => won += 1,
+            Claim::InProgress => {}
+            Claim::AlreadyProcessed => panic!("nothing completed it"),
+        }
+    }
+    assert_eq!(won, 1);
+}
+
+/// Run every conformance test against `store`.
+pub async fn run_all<S: WebhookEventStore>(store: Arc<S>) {
+    claim_complete_then_duplicate(store.as_ref()).await;
+    release_lets_a_retry_claim(store.as_ref()).await;
+    expired_claim_is_taken_over(store.as_ref()).await;
+    providers_are_separate(store.as_ref()).await;
+    concurrent_claims_have_one_winner(store).await;
+}
