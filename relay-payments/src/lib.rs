@@ -5,7 +5,7 @@
 //! The pieces a server wires together:
 //!
 //! - a provider (`Arc<dyn PaymentProvider>`): [`stripe::StripeProvider`],
-//!   [`manual::ManualProvider`];
+//!   [`alipay::AlipayProvider`], [`manual::ManualProvider`];
 //! - a [`WebhookEventStore`](store::WebhookEventStore) for durable deduplication;
 //! - a [`PaymentEventHandler`] (billing) that applies events, using [`decide`];
 //! - a [`WebhookProcessor`] tying them together, and one [`WebhookService`] per provider;
@@ -39,6 +39,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod alipay;
 pub mod check;
 pub mod error;
 pub mod event;
@@ -46,6 +47,7 @@ pub mod handler;
 mod http_client;
 pub mod manual;
 pub mod provider;
+mod rsa_keys;
 pub mod store;
 pub mod stripe;
 #[cfg(feature = "test-utils")]
