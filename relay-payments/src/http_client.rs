@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::HeaderMap;
 
 use crate::PaymentError;
 
@@ -34,6 +35,7 @@ impl Default for HttpOptions {
 #[derive(Debug)]
 pub(crate) struct ApiResponse {
     pub(crate) status: http::StatusCode,
+    pub(crate) headers: HeaderMap,
     pub(crate) body: Bytes,
 }
 
@@ -78,11 +80,16 @@ impl ApiClient {
             }
             let resp = outcome.map_err(|e| PaymentError::Transport(e.without_url().to_string()))?;
             let status = resp.status();
+            let headers = resp.headers().clone();
             let body = resp
                 .bytes()
                 .await
                 .map_err(|e| PaymentError::Transport(e.without_url().to_string()))?;
-            return Ok(ApiResponse { status, body });
+            return Ok(ApiResponse {
+                status,
+                headers,
+                body,
+            });
         }
     }
 }

@@ -5,7 +5,7 @@
 //! The pieces a server wires together:
 //!
 //! - a provider (`Arc<dyn PaymentProvider>`): [`stripe::StripeProvider`],
-//!   [`alipay::AlipayProvider`], [`manual::ManualProvider`];
+//!   [`alipay::AlipayProvider`], [`wechat::WechatPayProvider`], [`manual::ManualProvider`];
 //! - a [`WebhookEventStore`](store::WebhookEventStore) for durable deduplication;
 //! - a [`PaymentEventHandler`] (billing) that applies events, using [`decide`];
 //! - a [`WebhookProcessor`] tying them together, and one [`WebhookService`] per provider;
@@ -53,6 +53,7 @@ pub mod stripe;
 #[cfg(feature = "test-utils")]
 pub mod test_utils;
 pub mod webhook;
+pub mod wechat;
 
 pub use check::{decide, Decision, HoldReason, OrderSnapshot, OrderState};
 pub use error::{PaymentError, WebhookError};
