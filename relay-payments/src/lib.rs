@@ -9,6 +9,7 @@
 //! - a [`WebhookEventStore`](store::WebhookEventStore) for durable deduplication;
 //! - a [`PaymentEventHandler`] (billing) that applies events, using [`decide`];
 //! - a [`WebhookProcessor`] tying them together, and one [`WebhookService`] per provider;
+//! - [`reconcile::reconcile`] for orders that never got a callback.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -47,6 +48,7 @@ pub mod handler;
 mod http_client;
 pub mod manual;
 pub mod provider;
+pub mod reconcile;
 mod rsa_keys;
 pub mod store;
 pub mod stripe;
