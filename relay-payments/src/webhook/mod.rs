@@ -28,6 +28,7 @@ pub struct WebhookService {
     provider: Arc<dyn PaymentProvider>,
     processor: WebhookProcessor,
     max_body_bytes: usize,
+    query_notifications: bool,
 }
 
 impl WebhookService {
@@ -37,7 +38,16 @@ impl WebhookService {
             provider,
             processor,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            query_notifications: false,
         }
+    }
+
+    /// Also accept `GET` notifications whose signed parameters are the URL's query string
+    /// (some aggregators, such as 易支付-style gateways, notify that way). The query string is
+    /// handed to [`PaymentProvider::parse_webhook`] as the raw body.
+    pub fn with_query_notifications(mut self, enabled: bool) -> Self {
+        self.query_notifications = enabled;
+        self
     }
 
     /// Refuse bodies larger than `bytes`.
@@ -74,6 +84,14 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let this = self.clone();
         ResponseFuture::new(Box::pin(async move {
+            if this.query_notifications && req.method() == http::Method::GET {
+                let query = req.uri().query().unwrap_or("").as_bytes().to_vec();
+                let receipt = this
+                    .processor
+                    .receive(this.provider.as_ref(), req.headers(), &query)
+                    .await;
+                return Ok(response(receipt.reply));
+            }
             if req.method() != http::Method::POST {
                 let mut resp = response(WebhookReply::text(
                     http::StatusCode::METHOD_NOT_ALLOWED,
