@@ -1,69 +1,49 @@
--- Settle one permit. KEYS[1]: counters hash, KEYS[2]: leases zset.
--- ARGV: now, lease_id, admitted_at, d_tokens, d_cost, nw, {len_ms} * nw,
---       nb, {tag, period_start_at_admission} * nb
+-- Settle one permit. KEYS[1]: the key's state (see admit.lua).
+-- ARGV[1]: msgpack flat array: now, lease_id, admitted_at, d_tokens, d_cost,
+--   nb, {code, period_start_at_admission} * nb
 -- Returns 1 when settled, 0 when the lease is unknown, already settled or expired.
-local H, L = KEYS[1], KEYS[2]
-local now = tonumber(ARGV[1])
-local id = ARGV[2]
-local score = redis.call('ZSCORE', L, id)
-if not score then return 0 end
-redis.call('ZREM', L, id)
-if tonumber(score) <= now then return 0 end
+local floor = math.floor
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local s = cmsgpack.unpack(raw)
+local a = cmsgpack.unpack(ARGV[1])
+local now, id, admitted, dt, dc = a[1], a[2], a[3], a[4], a[5]
 
-local admitted = tonumber(ARGV[3])
-local dt, dc = tonumber(ARGV[4]), tonumber(ARGV[5])
-local nw = tonumber(ARGV[6])
-local i = 7
-local fields, lens, tags, starts = {}, {}, {}, {}
-for w = 1, nw do
-  local len = tonumber(ARGV[i])
-  i = i + 1
-  lens[w] = len
-  local p = 'w' .. len
-  fields[#fields + 1] = p .. 'b'
-  fields[#fields + 1] = p .. 'ct'
-  fields[#fields + 1] = p .. 'cc'
-  fields[#fields + 1] = p .. 'pt'
-  fields[#fields + 1] = p .. 'pc'
+local nw = s[1]
+local nb = s[2 + 8 * nw]
+local lp = 3 + 8 * nw + 3 * nb
+local nl = s[lp]
+local found = -1
+for l = 0, nl - 1 do
+  if s[lp + 1 + 2 * l] == id then found = l end
 end
-local nb = tonumber(ARGV[i])
-i = i + 1
-for b = 1, nb do
-  tags[b] = ARGV[i]
-  starts[b] = tonumber(ARGV[i + 1])
-  i = i + 2
-  fields[#fields + 1] = 'b' .. tags[b] .. 's'
-  fields[#fields + 1] = 'b' .. tags[b] .. 'v'
-end
-if #fields == 0 then return 1 end
-local v = redis.call('HMGET', H, unpack(fields))
+if found < 0 or s[lp + 2 + 2 * found] <= now then return 0 end
+-- Drop the lease: move the last one into its slot.
+local last = lp + 2 * nl - 1
+s[lp + 1 + 2 * found], s[lp + 2 + 2 * found] = s[last], s[last + 1]
+s[last], s[last + 1] = nil, nil
+s[lp] = nl - 1
 
-local function adj(x, d)
-  local r = (tonumber(x) or 0) + d
+local function adj(k, d)
+  local r = s[k] + d
   if r < 0 then r = 0 end
-  return r
+  s[k] = r
 end
-
-local kv = {}
-local k = 1
-for w = 1, nw do
-  local p = 'w' .. lens[w]
-  local sb = tonumber(v[k])
-  local ab = math.floor(admitted / lens[w])
-  if sb == ab then
-    kv[#kv + 1] = p .. 'ct'; kv[#kv + 1] = adj(v[k + 1], dt)
-    kv[#kv + 1] = p .. 'cc'; kv[#kv + 1] = adj(v[k + 2], dc)
-  elseif sb == ab + 1 then
-    kv[#kv + 1] = p .. 'pt'; kv[#kv + 1] = adj(v[k + 3], dt)
-    kv[#kv + 1] = p .. 'pc'; kv[#kv + 1] = adj(v[k + 4], dc)
+for w = 0, nw - 1 do
+  local q = 2 + 8 * w
+  local ab = floor(admitted / s[q])
+  if s[q + 1] == ab then
+    adj(q + 6, dt); adj(q + 7, dc)
+  elseif s[q + 1] == ab + 1 then
+    adj(q + 3, dt); adj(q + 4, dc)
   end
-  k = k + 5
 end
-for b = 1, nb do
-  if tonumber(v[k]) == starts[b] then
-    kv[#kv + 1] = 'b' .. tags[b] .. 'v'; kv[#kv + 1] = adj(v[k + 1], dc)
+for b = 0, a[6] - 1 do
+  local code, start = a[7 + 2 * b], a[8 + 2 * b]
+  for o = 0, nb - 1 do
+    local q = 3 + 8 * nw + 3 * o
+    if s[q] == code and s[q + 1] == start then adj(q + 2, dc) end
   end
-  k = k + 2
 end
-if #kv > 0 then redis.call('HSET', H, unpack(kv)) end
+redis.call('SET', KEYS[1], cmsgpack.pack(s), 'KEEPTTL')
 return 1
