@@ -7,6 +7,25 @@
 //!   [`relay_core::KeyProvisioner`] for billing.
 //! - [`ApiKeyAuthLayer`]: the tower layer in front of the LLM endpoints.
 //! - [`store`]: the storage traits and their memory, SQLite and PostgreSQL backends.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use relay_auth::{AccountService, LoginRequest, MemoryOutbox, SessionCredential};
+//! use relay_auth::store::memory::MemoryStore;
+//! use relay_core::SystemClock;
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let outbox = Arc::new(MemoryOutbox::new());
+//! let accounts = AccountService::new(Arc::new(MemoryStore::new()), outbox.clone(), Arc::new(SystemClock));
+//! accounts.register("ann@example.com", "correct horse battery", None).await?;
+//! let session = accounts
+//!     .login(LoginRequest { email: "ann@example.com", password: "correct horse battery", second_factor: None, ip: None })
+//!     .await?;
+//! let me = accounts.authenticate_session(SessionCredential::Bearer(&session.token)).await?;
+//! assert_eq!(me.user.email.as_str(), "ann@example.com");
+//! # Ok::<(), relay_auth::AuthError>(())
+//! # }).unwrap();
+//! ```
 #![warn(missing_docs)]
 
 pub mod accounts;

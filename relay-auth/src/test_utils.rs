@@ -2,7 +2,7 @@
 //!
 //! Each function takes a fresh, empty store and panics on a failed expectation. Stamp them
 //! out once per backend (see this crate's `tests/store_*.rs`); use [`run_all`] for all.
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 
@@ -60,6 +60,7 @@ pub fn sample_key(user: &UserId, created_at: DateTime<Utc>) -> ApiKeyRecord {
     }
 }
 
+/// Users round-trip; a taken email is a conflict that changes nothing; updates apply.
 pub async fn users_round_trip_and_unique_email(store: Arc<dyn AuthStore>) {
     let u = sample_user("round");
     store.insert_user(&u).await.unwrap();
@@ -97,6 +98,7 @@ pub async fn users_round_trip_and_unique_email(store: Arc<dyn AuthStore>) {
     assert_eq!(got.role, Role::Operator);
 }
 
+/// Sixteen concurrent inserts of one email: exactly one succeeds.
 pub async fn concurrent_registrations_one_wins(store: Arc<dyn AuthStore>) {
     let email = sample_user("race").email;
     let mut tasks = Vec::new();
@@ -118,6 +120,7 @@ pub async fn concurrent_registrations_one_wins(store: Arc<dyn AuthStore>) {
     assert!(store.user_by_email(&email).await.unwrap().is_some());
 }
 
+/// Status changes are compare-and-set and each one is in the history.
 pub async fn status_transitions_are_compare_and_set_with_history(store: Arc<dyn AuthStore>) {
     let u = sample_user("status");
     store.insert_user(&u).await.unwrap();
@@ -155,6 +158,7 @@ pub async fn status_transitions_are_compare_and_set_with_history(store: Arc<dyn 
         .is_empty());
 }
 
+/// Single-use tokens: purpose-bound, used once (also under a race), expire.
 pub async fn tokens_are_single_use_and_expire(store: Arc<dyn AuthStore>) {
     let u = sample_user("token");
     store.insert_user(&u).await.unwrap();
@@ -236,6 +240,7 @@ pub async fn tokens_are_single_use_and_expire(store: Arc<dyn AuthStore>) {
     assert_eq!(wins, 1);
 }
 
+/// TOTP steps only move forward (one winner per step); recovery codes work once.
 pub async fn totp_steps_and_recovery_codes(store: Arc<dyn AuthStore>) {
     let u = sample_user("totp");
     store.insert_user(&u).await.unwrap();
@@ -300,6 +305,7 @@ pub async fn totp_steps_and_recovery_codes(store: Arc<dyn AuthStore>) {
     );
 }
 
+/// Sessions end one at a time or all but one.
 pub async fn sessions_revoke(store: Arc<dyn AuthStore>) {
     let u = sample_user("sess");
     store.insert_user(&u).await.unwrap();
@@ -349,6 +355,7 @@ pub async fn sessions_revoke(store: Arc<dyn AuthStore>) {
     );
 }
 
+/// Key limit, rotation with grace, revocation, batched uses, policy and suspension.
 pub async fn keys_limit_rotate_revoke_and_uses(store: Arc<dyn AuthStore>) {
     let u = sample_user("keys");
     store.insert_user(&u).await.unwrap();
@@ -455,6 +462,7 @@ pub async fn keys_limit_rotate_revoke_and_uses(store: Arc<dyn AuthStore>) {
     );
 }
 
+/// Twenty concurrent key inserts against a limit of five: exactly five succeed.
 pub async fn concurrent_key_inserts_respect_the_limit(store: Arc<dyn AuthStore>) {
     let u = sample_user("keyrace");
     store.insert_user(&u).await.unwrap();

@@ -278,7 +278,8 @@ impl ApiKeyService {
     }
 
     /// Replace key `id` with a new one carrying the same name, tags and policy; the old key
-    /// keeps working for `grace` (default: the configured rotation grace).
+    /// keeps working for `grace` (default: the configured rotation grace). Rotation does not
+    /// count against the per-user limit: it replaces a key rather than adding one.
     pub async fn rotate(
         &self,
         id: &ApiKeyId,
