@@ -3,11 +3,52 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
+use relay_core::{Currency, ManualClock, Money, OrderId};
 
 use crate::store::{Claim, ClaimToken, WebhookEventStore};
+use crate::{
+    Delivery, DeliveryError, HandleOutcome, HandlerError, PaymentEvent, PaymentEventHandler,
+    PaymentEventKind, WebhookProcessor,
+};
+
+/// Counts calls; fails the first `fail_first` of them.
+#[derive(Debug, Default)]
+struct CountingHandler {
+    calls: AtomicUsize,
+    fail_first: usize,
+}
+
+#[async_trait]
+impl PaymentEventHandler for CountingHandler {
+    async fn handle(&self, _event: &PaymentEvent) -> Result<HandleOutcome, HandlerError> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        // Give concurrent deliveries a chance to run while this one is "in the database".
+        tokio::task::yield_now().await;
+        if n < self.fail_first {
+            Err(HandlerError("transient".into()))
+        } else {
+            Ok(HandleOutcome::Applied)
+        }
+    }
+}
+
+fn sample_event() -> PaymentEvent {
+    PaymentEvent {
+        provider: "stripe".into(),
+        event_id: unique("evt"),
+        kind: PaymentEventKind::PaymentSucceeded,
+        order_id: Some(OrderId::new()),
+        amount: Money::from_minor(1250, Currency::USD),
+        provider_reference: "pi_1".into(),
+        subscription_reference: None,
+        occurred_at: None,
+    }
+}
 
 fn t0() -> DateTime<Utc> {
     DateTime::from_timestamp(1_767_225_600, 0).expect("valid time")
@@ -182,8 +223,83 @@ pub async fn concurrent_claims_have_one_winner<S: WebhookEventStore>(store: Arc<
     assert_eq!(won, 1);
 }
 
+/// One event delivered 100 times concurrently through a [`WebhookProcessor`], then 100
+/// times more: the handler runs once.
+pub async fn concurrent_deliveries_reach_the_handler_once<S: WebhookEventStore>(store: Arc<S>) {
+    let handler = Arc::new(CountingHandler::default());
+    let processor = WebhookProcessor::new(store, handler.clone(), Arc::new(ManualClock::new(t0())));
+    let event = sample_event();
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let processor = processor.clone();
+            let event = event.clone();
+            tokio::spawn(async move { processor.deliver(&event).await.unwrap() })
+        })
+        .collect();
+    let mut handled = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Delivery::Handled(HandleOutcome::Applied) => handled += 1,
+            Delivery::Duplicate | Delivery::InProgress => {}
+            other @ Delivery::Handled(_) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(handled, 1);
+    for _ in 0..100 {
+        assert_eq!(
+            processor.deliver(&event).await.unwrap(),
+            Delivery::Duplicate
+        );
+    }
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 1);
+}
+
+/// A failing handler does not mark the event processed: the next delivery runs it again.
+pub async fn a_failed_handler_is_retried<S: WebhookEventStore>(store: Arc<S>) {
+    let handler = Arc::new(CountingHandler {
+        calls: AtomicUsize::new(0),
+        fail_first: 2,
+    });
+    let processor = WebhookProcessor::new(
+        store.clone(),
+        handler.clone(),
+        Arc::new(ManualClock::new(t0())),
+    );
+    let event = sample_event();
+    for _ in 0..2 {
+        assert!(matches!(
+            processor.deliver(&event).await,
+            Err(DeliveryError::Handler(_))
+        ));
+        let record = store
+            .get(&event.provider, &event.event_id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!record.processed);
+    }
+    assert_eq!(
+        processor.deliver(&event).await.unwrap(),
+        Delivery::Handled(HandleOutcome::Applied)
+    );
+    assert_eq!(
+        processor.deliver(&event).await.unwrap(),
+        Delivery::Duplicate
+    );
+    let record = store
+        .get(&event.provider, &event.event_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(record.processed);
+    assert_eq!(record.attempts, 3);
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 3);
+}
+
 /// Run every conformance test against `store`.
 pub async fn run_all<S: WebhookEventStore>(store: Arc<S>) {
+    concurrent_deliveries_reach_the_handler_once(Arc::clone(&store)).await;
+    a_failed_handler_is_retried(Arc::clone(&store)).await;
     claim_complete_then_duplicate(store.as_ref()).await;
     release_lets_a_retry_claim(store.as_ref()).await;
     expired_claim_is_taken_over(store.as_ref()).await;
