@@ -31,9 +31,19 @@ pub(crate) fn stripe_money(obj: &Value, amount_field: &str) -> Result<Money, Web
     Ok(Money::from_minor(minor, currency))
 }
 
+/// Where the event's object says it came from.
+enum Origin {
+    /// One of our orders.
+    Ours(OrderId),
+    /// No order id at all (a dispute): the handler finds the order by reference.
+    Unknown,
+    /// Another application's id on a shared Stripe account: not ours to act on.
+    Foreign,
+}
+
 /// Our order id from the places Stripe carries it back: `client_reference_id`, or
 /// `metadata.order_id` on the object or its subscription details.
-fn order_id(obj: &Value) -> Result<Option<OrderId>, WebhookError> {
+fn origin(obj: &Value) -> Origin {
     let text = str_at(obj, &["client_reference_id"])
         .or_else(|| str_at(obj, &["metadata", "order_id"]))
         .or_else(|| str_at(obj, &["subscription_details", "metadata", "order_id"]))
@@ -43,11 +53,11 @@ fn order_id(obj: &Value) -> Result<Option<OrderId>, WebhookError> {
                 &["parent", "subscription_details", "metadata", "order_id"],
             )
         });
-    text.map(|t| {
-        t.parse::<OrderId>()
-            .map_err(|_| WebhookError::MalformedBody("order id is not one of ours".into()))
-    })
-    .transpose()
+    match text.map(str::parse::<OrderId>) {
+        Some(Ok(id)) => Origin::Ours(id),
+        Some(Err(_)) => Origin::Foreign,
+        None => Origin::Unknown,
+    }
 }
 
 /// The id of an expandable field, whether Stripe sent the id or the expanded object.
@@ -184,8 +194,11 @@ pub(crate) fn events_from(event: &Value) -> Result<Vec<PaymentEvent>, WebhookErr
         ),
         _ => return Ok(Vec::new()),
     };
-    Ok(vec![PaymentEvent {
-        order_id: order_id(obj)?,
-        ..event
-    }])
+    let order_id = match origin(obj) {
+        Origin::Ours(id) => Some(id),
+        Origin::Unknown => None,
+        // Acknowledged without events, so Stripe stops resending it.
+        Origin::Foreign => return Ok(Vec::new()),
+    };
+    Ok(vec![PaymentEvent { order_id, ..event }])
 }

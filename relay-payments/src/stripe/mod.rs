@@ -398,6 +398,10 @@ impl PaymentProvider for StripeProvider {
                 request.order_id.as_str().to_owned(),
             ),
         ];
+        if let Some(reason) = &request.reason {
+            // Stripe's own `reason` is an enum; free text goes to metadata.
+            form.push(("metadata[reason]".to_owned(), reason.clone()));
+        }
         if let Some(amount) = &request.amount {
             if amount.currency() != request.payment_amount.currency() {
                 return Err(PaymentError::InvalidRequest(
