@@ -148,6 +148,10 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug + 'static {
         -> Result<u64, StoreError>;
     /// Suspend every non-revoked key of `user` (keeps an earlier suspension time).
     async fn suspend_user_keys(&self, user: &UserId, at: DateTime<Utc>) -> Result<u64, StoreError>;
+    /// Set the most live keys `user` may have (from their plan).
+    async fn set_key_limit(&self, user: &UserId, max_keys: u32) -> Result<(), StoreError>;
+    /// The limit set for `user`, if any.
+    async fn key_limit(&self, user: &UserId) -> Result<Option<u32>, StoreError>;
     /// Record a batch of uses: `last_used_at` becomes the later of stored and given,
     /// `first_used_at` is set if it was empty.
     async fn record_key_uses(&self, uses: &[KeyUse]) -> Result<(), StoreError>;

@@ -486,6 +486,17 @@ pub async fn concurrent_key_inserts_respect_the_limit(store: Arc<dyn AuthStore>)
     assert_eq!(store.keys_of_user(&u.id).await.unwrap().len(), 5);
 }
 
+/// Per-user key limits round-trip and replace.
+pub async fn key_limits(store: Arc<dyn AuthStore>) {
+    let u = UserId::new();
+    assert_eq!(store.key_limit(&u).await.unwrap(), None);
+    store.set_key_limit(&u, 4).await.unwrap();
+    assert_eq!(store.key_limit(&u).await.unwrap(), Some(4));
+    store.set_key_limit(&u, 1).await.unwrap();
+    assert_eq!(store.key_limit(&u).await.unwrap(), Some(1));
+    assert_eq!(store.key_limit(&UserId::new()).await.unwrap(), None);
+}
+
 /// Every conformance test, in sequence, on one store.
 pub async fn run_all(store: Arc<dyn AuthStore>) {
     users_round_trip_and_unique_email(Arc::clone(&store)).await;
@@ -495,5 +506,6 @@ pub async fn run_all(store: Arc<dyn AuthStore>) {
     totp_steps_and_recovery_codes(Arc::clone(&store)).await;
     sessions_revoke(Arc::clone(&store)).await;
     keys_limit_rotate_revoke_and_uses(Arc::clone(&store)).await;
-    concurrent_key_inserts_respect_the_limit(store).await;
+    concurrent_key_inserts_respect_the_limit(Arc::clone(&store)).await;
+    key_limits(store).await;
 }

@@ -447,6 +447,20 @@ async fn provisioner_applies_entitlements_and_suspends() {
     );
     f.keys.authenticate(&first).await.expect("re-activated");
     assert_eq!(f.keys.list(&f.owner).await.unwrap().len(), 1);
+    // The plan's key limit replaces the default (3): two keys in all.
+    let two = Entitlement {
+        max_keys: 2,
+        ..plan(5)
+    };
+    assert_eq!(
+        f.keys.apply_entitlement(&f.owner, &two).await.unwrap(),
+        None
+    );
+    f.keys.issue(&f.owner, new_key("second")).await.unwrap();
+    assert!(matches!(
+        f.keys.issue(&f.owner, new_key("third")).await,
+        Err(AuthError::KeyLimit { limit: 2 })
+    ));
     let bad = Entitlement {
         policy: KeyPolicy {
             concurrency: Some(0),

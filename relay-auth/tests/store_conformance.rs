@@ -89,4 +89,5 @@ conformance!(
     sessions_revoke,
     keys_limit_rotate_revoke_and_uses,
     concurrent_key_inserts_respect_the_limit,
+    key_limits,
 );

@@ -36,6 +36,9 @@ pub const KEY_PREFIX: &str = "rk_live_";
 const KEY_BODY_LEN: usize = 43;
 
 /// Settings of the key service.
+///
+/// `max_keys_per_user` applies to users without a plan limit (set by
+/// [`KeyProvisioner::apply_entitlement`] from `Entitlement::max_keys`).
 #[derive(Debug, Clone)]
 pub struct KeyConfig {
     /// Most live keys per user.
@@ -242,13 +245,19 @@ impl ApiKeyService {
         &self.cache
     }
 
-    /// Issue a key to `owner`. The plaintext is in the result and nowhere else.
+    /// Issue a key to `owner`, within the owner's key limit (their plan's, else the
+    /// configured default). The plaintext is in the result and nowhere else.
     pub async fn issue(&self, owner: &UserId, new: NewKey) -> Result<IssuedKey, AuthError> {
         validate_meta(&new)?;
+        let limit = self
+            .store
+            .key_limit(owner)
+            .await?
+            .unwrap_or(self.config.max_keys_per_user);
         let (key, record) = self.new_record(owner, new);
         match self
             .store
-            .insert_key(&record, self.config.max_keys_per_user, record.created_at)
+            .insert_key(&record, limit, record.created_at)
             .await
         {
             Ok(()) => Ok(IssuedKey { key, record }),
@@ -505,6 +514,10 @@ impl KeyProvisioner for ApiKeyService {
             .policy
             .validate()
             .map_err(|e| ProvisionError::Store(format!("invalid entitlement policy: {e}")))?;
+        self.store
+            .set_key_limit(user, entitlement.max_keys)
+            .await
+            .map_err(store_err)?;
         let changed = self
             .store
             .apply_user_policy(user, &entitlement.policy)
@@ -521,7 +534,7 @@ impl KeyProvisioner for ApiKeyService {
             .map_err(store_err)?
             .iter()
             .any(|k| k.revoked_at.is_none());
-        if live {
+        if live || entitlement.max_keys == 0 {
             return Ok(None);
         }
         let issued = self

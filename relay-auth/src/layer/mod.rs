@@ -77,8 +77,10 @@ pub fn extract_key<B>(req: &Request<B>) -> Option<&str> {
         .and_then(|v| v.to_str().ok())
     {
         let v = v.trim();
-        if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
-            return Some(v[7..].trim());
+        if let Some((scheme, token)) = v.split_once(' ') {
+            if scheme.eq_ignore_ascii_case("bearer") {
+                return Some(token.trim());
+            }
         }
     }
     if let Some(v) = h.get("x-goog-api-key").and_then(|v| v.to_str().ok()) {

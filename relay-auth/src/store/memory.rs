@@ -28,6 +28,7 @@ struct State {
     sessions: HashMap<[u8; 32], SessionRecord>,
     keys: HashMap<ApiKeyId, ApiKeyRecord>,
     key_by_hash: HashMap<[u8; 32], ApiKeyId>,
+    key_limits: HashMap<UserId, u32>,
 }
 
 /// Every auth store in memory.
@@ -375,6 +376,15 @@ impl KeyStore for MemoryStore {
             }
         }
         Ok(n)
+    }
+
+    async fn set_key_limit(&self, user: &UserId, max_keys: u32) -> Result<(), StoreError> {
+        self.state.lock().key_limits.insert(user.clone(), max_keys);
+        Ok(())
+    }
+
+    async fn key_limit(&self, user: &UserId) -> Result<Option<u32>, StoreError> {
+        Ok(self.state.lock().key_limits.get(user).copied())
     }
 
     async fn record_key_uses(&self, uses: &[KeyUse]) -> Result<(), StoreError> {

@@ -5,7 +5,13 @@ use sqlx::{PgPool, Postgres, Transaction};
 use super::sql_impl::sql_store;
 
 /// The migrations, in order: (version, SQL). Each is applied once, in a transaction.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/postgres/0001_auth.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/postgres/0001_auth.sql")),
+    (
+        2,
+        include_str!("../../migrations/postgres/0002_key_limits.sql"),
+    ),
+];
 
 /// Apply relay-auth's migrations to `pool` (idempotent; the server calls it at start-up).
 /// Applied versions are kept in `auth_schema_migrations`, separate from other crates'.

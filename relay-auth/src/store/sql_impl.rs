@@ -336,6 +336,30 @@ macro_rules! sql_store {
                 Ok(r.rows_affected())
             }
 
+            async fn set_key_limit(&self, user: &UserId, max_keys: u32) -> Result<(), StoreError> {
+                let sql = q("INSERT INTO auth_key_limits (user_id, max_keys) VALUES ($1, $2) ON CONFLICT (user_id) DO UPDATE SET max_keys = excluded.max_keys");
+                sqlx::query(&sql)
+                    .bind(user.as_str())
+                    .bind(i64::from(max_keys))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(backend)?;
+                Ok(())
+            }
+
+            async fn key_limit(&self, user: &UserId) -> Result<Option<u32>, StoreError> {
+                let sql = q("SELECT max_keys FROM auth_key_limits WHERE user_id = $1");
+                let row: Option<(i64,)> = sqlx::query_as(&sql)
+                    .bind(user.as_str())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(backend)?;
+                row.map(|(n,)| {
+                    u32::try_from(n).map_err(|_| StoreError::Corrupt(format!("key limit {n}")))
+                })
+                .transpose()
+            }
+
             async fn record_key_uses(&self, uses: &[KeyUse]) -> Result<(), StoreError> {
                 if uses.is_empty() {
                     return Ok(());
