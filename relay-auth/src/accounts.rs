@@ -4,7 +4,10 @@
 //! ([`Registered`], [`ResetRequested`]) and do the same expensive work (one argon2id hash)
 //! whether or not the address is known, so neither the answer nor its timing tells an
 //! attacker which addresses have accounts. Login answers an unknown address and a wrong
-//! password with the same [`AuthError::InvalidCredentials`], after the same work.
+//! password with the same [`AuthError::InvalidCredentials`], after the same work (a
+//! verification against a dummy hash). What still differs between the two paths is one
+//! small store write (the verification or reset token) on the known-address path; the
+//! expensive, attacker-measurable part (argon2id) is the same on both.
 
 use std::net::IpAddr;
 use std::sync::Arc;

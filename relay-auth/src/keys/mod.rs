@@ -5,6 +5,12 @@
 //! without the pepper yields nothing usable, and lookups stay a single indexed read.
 //! Verification on the gateway goes through [`KeyCache`]: the hot path is one HMAC and a
 //! map lookup, with last-use times buffered and written in batches.
+//!
+//! Known limits, by design: an unknown but well-formed key is looked up in the store each
+//! time (no negative cache, which an attacker could fill); throttle such callers per IP in
+//! front of the layer. With several instances, a key's first use (which starts an
+//! after-first-use expiry) reaches the store at the next flush, so another instance that
+//! loads the key before then may start the clock up to one flush interval later.
 
 mod cache;
 #[cfg(feature = "redis")]
