@@ -519,6 +519,57 @@ async fn forged_stale_altered_misaddressed_and_undecryptable_notifications_are_r
 }
 
 #[tokio::test]
+async fn a_rotated_platform_key_is_trusted_under_its_own_serial_only() {
+    let config = WechatPayConfig::new(
+        MCHID,
+        APPID,
+        "MERCHANT_SERIAL_1",
+        merchant().private_pem.clone(),
+        platform().public_pem.clone(),
+        PLATFORM_SERIAL,
+        APIV3_KEY,
+        "https://relay.example/webhooks/wechat",
+    )
+    // The "new" platform key here is the merchant test key, under serial NEW.
+    .with_additional_platform_key("NEW", merchant().public_b64.clone());
+    let wechat = WechatPayProvider::new(config, Arc::new(clock())).unwrap();
+    let order = OrderId::new();
+    let body = notification(
+        "n-rot",
+        "TRANSACTION.SUCCESS",
+        encrypt(APIV3_KEY, &transaction(&order, 8880), "transaction"),
+    );
+    let with = |signer: &TestKey, serial: &str| {
+        let mut h = HeaderMap::new();
+        for (k, v) in signed_headers(&body, t0().timestamp(), signer, serial) {
+            h.insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    };
+    assert!(wechat
+        .parse_webhook(&with(platform(), PLATFORM_SERIAL), &body)
+        .await
+        .is_ok());
+    assert!(wechat
+        .parse_webhook(&with(merchant(), "NEW"), &body)
+        .await
+        .is_ok());
+    assert_eq!(
+        wechat
+            .parse_webhook(&with(merchant(), PLATFORM_SERIAL), &body)
+            .await,
+        Err(WebhookError::BadSignature)
+    );
+    assert_eq!(
+        wechat.parse_webhook(&with(platform(), "NEW"), &body).await,
+        Err(WebhookError::BadSignature)
+    );
+}
+
+#[tokio::test]
 async fn amount_mismatch_refund_before_payment_and_refund_after() {
     let h = harness();
     let now = t0().timestamp();

@@ -44,6 +44,8 @@ pub struct WechatPayConfig {
     pub platform_public_key: String,
     /// Serial (or public key id) of the platform key; notifications naming another are refused.
     pub platform_serial: String,
+    /// More (serial, public key) pairs accepted while WeChat Pay rotates its platform key.
+    pub additional_platform_keys: Vec<(String, String)>,
     /// The 32-byte APIv3 key that encrypts notification resources.
     pub apiv3_key: String,
     /// Where WeChat Pay posts notifications.
@@ -76,6 +78,7 @@ impl WechatPayConfig {
             private_key: private_key.into(),
             platform_public_key: platform_public_key.into(),
             platform_serial: platform_serial.into(),
+            additional_platform_keys: Vec::new(),
             apiv3_key: apiv3_key.into(),
             notify_url: notify_url.into(),
             api_base: WECHAT_API_BASE.to_owned(),
@@ -93,6 +96,17 @@ impl WechatPayConfig {
     /// Use other timeouts and retries.
     pub fn with_http(mut self, http: HttpOptions) -> Self {
         self.http = http;
+        self
+    }
+
+    /// Also trust the platform key `public_key` named `serial` (during a rotation).
+    pub fn with_additional_platform_key(
+        mut self,
+        serial: impl Into<String>,
+        public_key: impl Into<String>,
+    ) -> Self {
+        self.additional_platform_keys
+            .push((serial.into(), public_key.into()));
         self
     }
 }
@@ -114,7 +128,8 @@ impl fmt::Debug for WechatPayConfig {
 pub struct WechatPayProvider {
     config: WechatPayConfig,
     private_key: PrivateKey,
-    platform_key: PublicKey,
+    /// (serial, key) of every trusted platform key.
+    platform_keys: Vec<(String, PublicKey)>,
     clock: SharedClock,
     api: ApiClient,
 }
@@ -184,12 +199,18 @@ impl WechatPayProvider {
             ));
         }
         let private_key = PrivateKey::parse(&config.private_key)?;
-        let platform_key = PublicKey::parse(&config.platform_public_key)?;
+        let mut platform_keys = vec![(
+            config.platform_serial.clone(),
+            PublicKey::parse(&config.platform_public_key)?,
+        )];
+        for (serial, key) in &config.additional_platform_keys {
+            platform_keys.push((serial.clone(), PublicKey::parse(key)?));
+        }
         let api = ApiClient::new(config.http)?;
         Ok(Self {
             config,
             private_key,
-            platform_key,
+            platform_keys,
             clock,
             api,
         })
@@ -201,12 +222,14 @@ impl WechatPayProvider {
         let nonce = header(headers, "wechatpay-nonce")?;
         let signature = header(headers, "wechatpay-signature")?;
         let serial = header(headers, "wechatpay-serial")?;
-        if serial != self.config.platform_serial {
-            // Signed with a key we were not given: cannot be trusted.
-            return Err(WebhookError::BadSignature);
-        }
+        // Signed with a key we were not given: cannot be trusted.
+        let (_, key) = self
+            .platform_keys
+            .iter()
+            .find(|(s, _)| s == serial)
+            .ok_or(WebhookError::BadSignature)?;
         let message = wechat_response_message(timestamp, nonce, body);
-        if !self.platform_key.verify_base64(&message, signature) {
+        if !key.verify_base64(&message, signature) {
             return Err(WebhookError::BadSignature);
         }
         let t: i64 = timestamp
