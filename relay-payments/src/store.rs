@@ -112,6 +112,11 @@ pub trait WebhookEventStore: Send + Sync + Debug + 'static {
         token: &ClaimToken,
     ) -> Result<bool, StoreError>;
 
+    /// Delete records of events processed before `before` (after every provider's retry
+    /// window, which is at most a few days). Unprocessed claims are kept. Returns how many
+    /// were deleted.
+    async fn prune_processed_before(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+
     /// The record of one event, if any.
     async fn get(
         &self,

@@ -296,6 +296,38 @@ pub async fn a_failed_handler_is_retried<S: WebhookEventStore>(store: Arc<S>) {
     assert_eq!(handler.calls.load(Ordering::SeqCst), 3);
 }
 
+/// Old processed records are pruned; recent ones and open claims stay.
+pub async fn prune_keeps_recent_and_open_records<S: WebhookEventStore>(store: &S) {
+    let old = unique("evt-old");
+    let recent = unique("evt-recent");
+    let open = unique("evt-open");
+    for (id, at) in [(&old, t0()), (&recent, t0() + Duration::days(10))] {
+        let Claim::Claimed(token) = store
+            .claim("prune", id, at, Duration::minutes(5))
+            .await
+            .unwrap()
+        else {
+            panic!("claim must win")
+        };
+        assert!(store
+            .complete("prune", id, &token, "applied", at)
+            .await
+            .unwrap());
+    }
+    store
+        .claim("prune", &open, t0(), Duration::minutes(5))
+        .await
+        .unwrap();
+    let pruned = store
+        .prune_processed_before(t0() + Duration::days(5))
+        .await
+        .unwrap();
+    assert!(pruned >= 1);
+    assert_eq!(store.get("prune", &old).await.unwrap(), None);
+    assert!(store.get("prune", &recent).await.unwrap().is_some());
+    assert!(store.get("prune", &open).await.unwrap().is_some());
+}
+
 /// Run every conformance test against `store`.
 pub async fn run_all<S: WebhookEventStore>(store: Arc<S>) {
     concurrent_deliveries_reach_the_handler_once(Arc::clone(&store)).await;
@@ -304,5 +336,6 @@ pub async fn run_all<S: WebhookEventStore>(store: Arc<S>) {
     release_lets_a_retry_claim(store.as_ref()).await;
     expired_claim_is_taken_over(store.as_ref()).await;
     providers_are_separate(store.as_ref()).await;
+    prune_keeps_recent_and_open_records(store.as_ref()).await;
     concurrent_claims_have_one_winner(store).await;
 }

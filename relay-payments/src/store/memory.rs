@@ -15,6 +15,7 @@ struct Entry {
     token: Option<String>,
     claimed_until: DateTime<Utc>,
     attempts: i64,
+    processed_at: Option<DateTime<Utc>>,
 }
 
 /// Dedupe records in a map behind one short-held lock (never held across `.await`).
@@ -51,6 +52,7 @@ impl WebhookEventStore for MemoryWebhookEventStore {
             token: None,
             claimed_until: DateTime::<Utc>::MIN_UTC,
             attempts: 0,
+            processed_at: None,
         });
         if entry.processed {
             return Ok(Claim::AlreadyProcessed);
@@ -70,7 +72,7 @@ impl WebhookEventStore for MemoryWebhookEventStore {
         event_id: &str,
         token: &ClaimToken,
         outcome: &str,
-        _now: DateTime<Utc>,
+        now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let mut entries = self.entries.lock();
         match entries.get_mut(&key(provider, event_id)) {
@@ -78,6 +80,7 @@ impl WebhookEventStore for MemoryWebhookEventStore {
                 e.processed = true;
                 e.outcome = Some(outcome.to_owned());
                 e.token = None;
+                e.processed_at = Some(now);
                 Ok(true)
             }
             _ => Ok(false),
@@ -99,6 +102,13 @@ impl WebhookEventStore for MemoryWebhookEventStore {
             }
             _ => Ok(false),
         }
+    }
+
+    async fn prune_processed_before(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut entries = self.entries.lock();
+        let len = entries.len();
+        entries.retain(|_, e| !(e.processed && e.processed_at.is_some_and(|t| t < before)));
+        Ok((len - entries.len()) as u64)
     }
 
     async fn get(

@@ -139,6 +139,17 @@ impl WebhookEventStore for PostgresWebhookEventStore {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn prune_processed_before(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM payment_webhook_events WHERE processed = TRUE AND processed_at < $1",
+        )
+        .bind(before.timestamp_millis())
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(done.rows_affected())
+    }
+
     async fn get(
         &self,
         provider: &str,
