@@ -452,6 +452,57 @@ pub async fn dropped_permit_releases_its_lease(make: Factory) {
     f.admit_ok(0, "0.8").await;
 }
 
+/// A changed policy keeps the counts of the windows and budgets it kept.
+pub async fn policy_change_keeps_kept_counts(make: Factory) {
+    let first = KeyPolicy {
+        rate_windows: vec![RateWindow {
+            window_secs: 60,
+            max_requests: Some(2),
+            max_tokens: None,
+            max_cost: None,
+        }],
+        budgets: vec![Budget {
+            period: BudgetPeriod::Total,
+            cap: usd("1"),
+        }],
+        ..KeyPolicy::default()
+    };
+    let mut f = Fixture::new(&make, first.clone());
+    let t = f.admit_ok(0, "0.6").await;
+    f.settle(&t, 0, "0.6").await;
+    f.admit_ok(0, "0").await;
+    // The plan changes: an hourly token window is added, the minute window is kept.
+    let mut second = first;
+    second.rate_windows.push(RateWindow {
+        window_secs: 3600,
+        max_requests: None,
+        max_tokens: Some(100),
+        max_cost: None,
+    });
+    f.policy = Arc::new(second);
+    assert!(matches!(
+        f.try_admit(0, "0").await,
+        Err(Denial::RateLimited {
+            window_secs: 60,
+            ..
+        })
+    ));
+    f.advance(120_000);
+    assert!(matches!(
+        f.try_admit(0, "0.5").await,
+        Err(Denial::Budget { .. })
+    ));
+    f.admit_ok(100, "0.4").await;
+    assert!(matches!(
+        f.try_admit(1, "0").await,
+        Err(Denial::RateLimited {
+            window_secs: 3600,
+            cap: WindowCap::Tokens,
+            ..
+        })
+    ));
+}
+
 /// Stamp out one `#[tokio::test]` per conformance case for a backend.
 ///
 /// `$factory` is an expression evaluating to a future of `Option<Factory>`; `None` skips
@@ -468,7 +519,8 @@ macro_rules! limiter_conformance_tests {
             daily_budget_resets_at_local_midnight,
             weekly_and_monthly_budgets,
             static_rules_refuse_without_counting,
-            dropped_permit_releases_its_lease
+            dropped_permit_releases_its_lease,
+            policy_change_keeps_kept_counts
         );
     };
     (@cases $factory:expr; $($case:ident),*) => {

@@ -15,18 +15,16 @@
 //! periodically. Spend against a `total` budget is kept while the process lives: for
 //! durable totals use the Redis limiter, or seed from the ledger.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use dashmap::DashMap;
-use relay_core::{ApiKeyId, BudgetPeriod, KeyPolicy, RequestId, SharedClock};
+use relay_core::{ApiKeyId, BudgetPeriod, KeyPolicy, SharedClock};
 
 use super::window::{apply_delta, delta, window_ms, Caps, WindowState};
 use super::{
-    cost_units, static_checks, AdmissionRequest, Counts, Denial, Limiter, LimiterError,
+    cost_units, lease_id, static_checks, AdmissionRequest, Counts, Denial, Limiter, LimiterError,
     SettleOutcome, Ticket,
 };
 
@@ -45,17 +43,14 @@ struct BudgetState {
 
 #[derive(Debug, Default)]
 struct KeyState {
-    windows: Vec<WindowState>,
-    budgets: Vec<BudgetState>,
+    /// The policy the layout and caps below were built for. Holding a `Weak` keeps its
+    /// allocation from being reused, so comparing addresses is enough.
+    policy: Weak<KeyPolicy>,
+    windows: Vec<(WindowState, Caps)>,
+    budgets: Vec<(BudgetState, u64)>,
     /// (lease id, expiry ms).
     leases: Vec<(u64, i64)>,
     last_seen_ms: i64,
-}
-
-fn lease_id(request: &RequestId) -> u64 {
-    let mut h = DefaultHasher::new();
-    request.as_str().hash(&mut h);
-    h.finish()
 }
 
 fn millis(d: Duration) -> i64 {
@@ -63,54 +58,44 @@ fn millis(d: Duration) -> i64 {
 }
 
 impl KeyState {
-    /// Line the window and budget states up with the policy (a policy may change while
-    /// a key is tracked: a changed window starts empty, a kept one keeps its counts).
-    fn align(&mut self, policy: &KeyPolicy, now: i64) {
-        if self.windows.len() != policy.rate_windows.len()
-            || self
-                .windows
-                .iter()
-                .zip(&policy.rate_windows)
-                .any(|(s, w)| s.len_ms != window_ms(w))
-        {
+    /// Line the window and budget states up with the policy. A policy may change while a
+    /// key is tracked: a changed window starts empty, a kept one keeps its counts. Caps are
+    /// converted to counting units once per policy, not per request.
+    fn align(&mut self, policy: &Arc<KeyPolicy>, now: i64) {
+        if !std::ptr::eq(self.policy.as_ptr(), Arc::as_ptr(policy)) {
+            self.policy = Arc::downgrade(policy);
             let old = std::mem::take(&mut self.windows);
             self.windows = policy
                 .rate_windows
                 .iter()
                 .map(|w| {
                     let len = window_ms(w);
-                    old.iter()
-                        .find(|s| s.len_ms == len)
-                        .copied()
-                        .unwrap_or_else(|| WindowState::new(len))
+                    let state = old
+                        .iter()
+                        .find(|(s, _)| s.len_ms == len)
+                        .map_or_else(|| WindowState::new(len), |(s, _)| *s);
+                    (state, Caps::of(w))
                 })
                 .collect();
-        }
-        if self.budgets.len() != policy.budgets.len()
-            || self
-                .budgets
-                .iter()
-                .zip(&policy.budgets)
-                .any(|(s, b)| s.period != b.period)
-        {
             let old = std::mem::take(&mut self.budgets);
             self.budgets = policy
                 .budgets
                 .iter()
                 .map(|b| {
-                    old.iter()
-                        .find(|s| s.period == b.period)
-                        .copied()
-                        .unwrap_or(BudgetState {
+                    let state = old.iter().find(|(s, _)| s.period == b.period).map_or(
+                        BudgetState {
                             period: b.period,
                             start_ms: i64::MIN,
                             end_ms: i64::MIN,
                             spent: 0,
-                        })
+                        },
+                        |(s, _)| *s,
+                    );
+                    (state, cost_units(b.cap.amount()))
                 })
                 .collect();
         }
-        for b in &mut self.budgets {
+        for (b, _) in &mut self.budgets {
             if now >= b.end_ms || now < b.start_ms {
                 refresh_period(b, policy, now);
             }
@@ -184,8 +169,11 @@ impl MemoryLimiter {
             let windows_empty = s
                 .windows
                 .iter()
-                .all(|w| now.div_euclid(w.len_ms) > w.bucket + 1);
-            let budgets_empty = s.budgets.iter().all(|b| b.spent == 0 || now >= b.end_ms);
+                .all(|(w, _)| now.div_euclid(w.len_ms) > w.bucket + 1);
+            let budgets_empty = s
+                .budgets
+                .iter()
+                .all(|(b, _)| b.spent == 0 || now >= b.end_ms);
             !(idle && windows_empty && budgets_empty && s.leases.is_empty())
         });
         before - self.keys.len()
@@ -233,9 +221,9 @@ impl MemoryLimiter {
             }
         }
         state.align(policy, now);
-        for (s, w) in state.windows.iter_mut().zip(&policy.rate_windows) {
+        for ((s, caps), w) in state.windows.iter_mut().zip(&policy.rate_windows) {
             s.roll(now);
-            if let Err((cap, retry_after)) = s.check(now, &Caps::of(w), &add) {
+            if let Err((cap, retry_after)) = s.check(now, caps, &add) {
                 return Err(Denial::RateLimited {
                     window_secs: w.window_secs,
                     cap,
@@ -243,8 +231,8 @@ impl MemoryLimiter {
                 });
             }
         }
-        for (s, b) in state.budgets.iter().zip(&policy.budgets) {
-            if s.spent.saturating_add(add.cost) > cost_units(b.cap.amount()) {
+        for ((s, cap), b) in state.budgets.iter().zip(&policy.budgets) {
+            if s.spent.saturating_add(add.cost) > *cap {
                 let retry_after = (s.end_ms != i64::MAX)
                     .then(|| Duration::from_millis(u64::try_from(s.end_ms - now).unwrap_or(0)));
                 return Err(Denial::Budget {
@@ -253,10 +241,10 @@ impl MemoryLimiter {
                 });
             }
         }
-        for s in &mut state.windows {
+        for (s, _) in &mut state.windows {
             s.add(&add);
         }
-        for s in &mut state.budgets {
+        for (s, _) in &mut state.budgets {
             s.spent = s.spent.saturating_add(add.cost);
         }
         state
@@ -290,11 +278,11 @@ impl MemoryLimiter {
         let d_tokens = delta(tokens, ticket.reserved_tokens);
         let d_cost = delta(cost_units, ticket.reserved_cost_units);
         let admitted = ticket.admitted_at_ms;
-        for s in &mut state.windows {
+        for (s, _) in &mut state.windows {
             s.roll(now);
             s.adjust(admitted.div_euclid(s.len_ms), d_tokens, d_cost);
         }
-        for s in &mut state.budgets {
+        for (s, _) in &mut state.budgets {
             if admitted >= s.start_ms && admitted < s.end_ms {
                 s.spent = apply_delta(s.spent, d_cost);
             }

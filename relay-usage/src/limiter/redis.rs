@@ -33,8 +33,8 @@ use relay_core::{ApiKeyId, BudgetPeriod, KeyPolicy, SharedClock};
 
 use super::window::{delta, window_ms};
 use super::{
-    cost_units, static_checks, AdmissionRequest, Denial, Limiter, LimiterError, SettleOutcome,
-    Ticket, WindowCap,
+    cost_units, lease_id, static_checks, AdmissionRequest, Denial, Limiter, LimiterError,
+    SettleOutcome, Ticket, WindowCap,
 };
 
 const ADMIT: &str = include_str!("redis/admit.lua");
@@ -125,12 +125,6 @@ fn msgpack_ints(values: &[i64]) -> Vec<u8> {
 
 fn int(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-/// 52 bits of the request id's random part: exact in Lua's doubles.
-fn lease_id(rid: &relay_core::RequestId) -> u64 {
-    let hex = rid.as_str().trim_start_matches("req_");
-    u64::from_str_radix(hex.get(..13).unwrap_or("0"), 16).unwrap_or(0)
 }
 
 /// (start, end) of the budget period containing `at`; a total budget is (0, -1).

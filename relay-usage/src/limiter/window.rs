@@ -27,7 +27,7 @@ pub(crate) struct WindowState {
 }
 
 /// A window's caps in counting units.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Caps {
     pub(crate) requests: Option<u64>,
     pub(crate) tokens: Option<u64>,
