@@ -51,6 +51,16 @@ pub struct PgGuard {
 }
 
 impl PgGuard {
+    /// The server's url.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The test's schema.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
     /// Drop the schema (call at the end of the test).
     pub async fn drop_schema(self) {
         store::postgres::drop_schema(&self.url, &self.schema)
