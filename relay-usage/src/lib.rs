@@ -16,3 +16,5 @@ pub use limiter::{
     WindowCap,
 };
 pub use throttle::MemoryThrottle;
+#[cfg(feature = "redis")]
+pub use throttle::RedisThrottle;

@@ -1,9 +1,11 @@
-//! [`Throttle`] for attempt counting (logins, resets, TOTP codes), in memory.
+//! [`Throttle`] for attempt counting (logins, resets, TOTP codes), in memory and in Redis.
 //!
 //! A sliding log: each key keeps the instants of its last `max` admitted attempts, so the
 //! limit is exact over any window and memory per key is bounded by `max` (attempt limits are
-//! small, typically 5 to 20). Keys whose attempts have all aged out are dropped on the next
-//! sweep.
+//! small, typically 5 to 20). In memory, keys whose attempts have all aged out are dropped
+//! on the next sweep; in Redis ([`RedisThrottle`], feature `redis`) each key is a sorted set
+//! that expires with its window, and each attempt is one `EVALSHA`, so several instances
+//! share one lockout.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -80,6 +82,88 @@ impl Throttle for MemoryThrottle {
     async fn reset(&self, key: &str) -> Result<(), ThrottleError> {
         self.attempts.remove(key);
         Ok(())
+    }
+}
+
+/// [`Throttle`] shared by every instance through Redis.
+#[cfg(feature = "redis")]
+#[derive(Clone)]
+pub struct RedisThrottle {
+    conn: redis::aio::ConnectionManager,
+    clock: SharedClock,
+    prefix: std::sync::Arc<str>,
+    script: std::sync::Arc<redis::Script>,
+    timeout: Duration,
+}
+
+#[cfg(feature = "redis")]
+impl std::fmt::Debug for RedisThrottle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisThrottle")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "redis")]
+impl RedisThrottle {
+    /// A throttle on an open connection, keys under `{prefix}:th:`.
+    pub fn new(conn: redis::aio::ConnectionManager, clock: SharedClock, prefix: &str) -> Self {
+        Self {
+            conn,
+            clock,
+            prefix: std::sync::Arc::from(prefix),
+            script: std::sync::Arc::new(redis::Script::new(include_str!("throttle_redis.lua"))),
+            timeout: Duration::from_millis(250),
+        }
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}:th:{{{key}}}", self.prefix)
+    }
+}
+
+#[cfg(feature = "redis")]
+#[async_trait]
+impl Throttle for RedisThrottle {
+    async fn attempt(
+        &self,
+        key: &str,
+        max: u32,
+        window: Duration,
+    ) -> Result<ThrottleDecision, ThrottleError> {
+        let now = self.clock.now_millis();
+        let member = relay_core::RequestId::new();
+        let mut inv = self.script.prepare_invoke();
+        inv.key(self.key(key))
+            .arg(now)
+            .arg(millis(window))
+            .arg(max)
+            .arg(member.as_str());
+        let mut conn = self.conn.clone();
+        let reply: Vec<i64> = tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn))
+            .await
+            .map_err(|_| ThrottleError::Unavailable("redis timeout".into()))?
+            .map_err(|e| ThrottleError::Unavailable(e.to_string()))?;
+        let value = reply.get(1).copied().unwrap_or(0);
+        Ok(if reply.first() == Some(&1) {
+            ThrottleDecision::Allowed {
+                remaining: u32::try_from(value).unwrap_or(0),
+            }
+        } else {
+            ThrottleDecision::Limited {
+                retry_after: Duration::from_millis(u64::try_from(value).unwrap_or(1)),
+            }
+        })
+    }
+
+    async fn reset(&self, key: &str) -> Result<(), ThrottleError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("DEL")
+            .arg(self.key(key))
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| ThrottleError::Unavailable(e.to_string()))
     }
 }
 
