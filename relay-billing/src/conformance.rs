@@ -916,6 +916,42 @@ pub async fn usage_charges_use_included_credit_then_overage(store: &dyn BillingS
         store.wallet(&payg, Currency::USD).await.unwrap().balance,
         usd("-0.25")
     );
+    // Statements: what was charged, rounded once, issued paid, never twice.
+    let until = t0() + Duration::days(1);
+    let inv = store
+        .invoice_usage(&user, Currency::USD, until, &cfg, until)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(inv.status, InvoiceStatus::Paid);
+    assert_eq!(inv.lines.len(), 1);
+    assert_eq!(
+        (inv.lines[0].kind, inv.lines[0].amount),
+        (LineKind::Overage, usd("1.50"))
+    );
+    assert_eq!(inv.total, usd("1.50"));
+    assert!(store
+        .invoice_usage(&user, Currency::USD, until, &cfg, until)
+        .await
+        .unwrap()
+        .is_none());
+    // With 10 % tax, it is extracted from what was charged: 0.25 × 0.1 / 1.1 = 0.0227… -> 0.02.
+    let taxed = BillingConfig {
+        tax: crate::invoice::TaxRule {
+            rate: Decimal::from_str("0.1").unwrap(),
+            inclusive: false,
+        },
+        ..BillingConfig::default()
+    };
+    let inv = store
+        .invoice_usage(&payg, Currency::USD, until, &taxed, until)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (inv.lines[0].kind, inv.subtotal, inv.tax, inv.total),
+        (LineKind::Usage, usd("0.23"), usd("0.02"), usd("0.25"))
+    );
     let margins = store
         .usage_vs_revenue(t0(), t0() + Duration::days(1))
         .await

@@ -20,6 +20,7 @@ pub struct JobLock {
 }
 
 #[derive(Debug)]
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 enum Inner {
     Local {
         held: Arc<Mutex<HashSet<String>>>,
@@ -34,6 +35,7 @@ enum Inner {
 
 impl JobLock {
     /// Take the process-local lock `name` from `held`, unless someone holds it.
+    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
     pub(crate) fn try_local(held: &Arc<Mutex<HashSet<String>>>, name: &str) -> Option<JobLock> {
         let mut set = held.lock();
         if set.insert(name.to_owned()) {
@@ -97,6 +99,7 @@ impl Drop for JobLock {
 }
 
 /// A stable 64-bit key for a job name (FNV-1a), as advisory locks take numbers.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 pub(crate) fn lock_key(name: &str) -> i64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in format!("relay-billing:{name}").bytes() {

@@ -198,7 +198,11 @@ impl Billing {
         if let Some(change) = change {
             self.apply_keys(&change).await;
         } else if !applied.replayed && matches!(applied.outcome, PaymentOutcome::Credited { .. }) {
-            self.settle_outstanding(&applied.order.user_id).await?;
+            // The payment is committed whatever happens here; a failed settlement is
+            // retried by the dunning job.
+            if let Err(e) = self.settle_outstanding(&applied.order.user_id).await {
+                tracing::warn!(user = %applied.order.user_id, error = %e, "settling after payment failed");
+            }
         }
         Ok(applied)
     }
@@ -319,7 +323,9 @@ impl Billing {
     /// Redeem a code into the user's wallet.
     pub async fn redeem(&self, code: &str, user: &UserId) -> Result<Posted> {
         let posted = self.store.redeem_code(code, user, self.now()).await?;
-        self.settle_outstanding(user).await?;
+        if let Err(e) = self.settle_outstanding(user).await {
+            tracing::warn!(user = %user, error = %e, "settling after redemption failed");
+        }
         Ok(posted)
     }
 

@@ -247,6 +247,21 @@ pub trait BillingStore: Send + Sync + std::fmt::Debug + 'static {
     /// batch id.
     async fn charge_usage(&self, batch: &UsageBatch, now: DateTime<Utc>) -> Result<UsageCharge>;
 
+    /// Invoice a user's usage charged before `until` and not invoiced yet: one `usage`
+    /// line (pay-as-you-go charges) and one `overage` line (charges beyond a plan's
+    /// included credit), rounded once here. The charges were already debited from the
+    /// wallet batch by batch, so the statement is issued paid and posts nothing; the
+    /// configured tax rate is treated as included in those charges. `None` when there is
+    /// nothing to invoice (so calling twice invoices nothing twice).
+    async fn invoice_usage(
+        &self,
+        user: &UserId,
+        currency: Currency,
+        until: DateTime<Utc>,
+        config: &BillingConfig,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Invoice>>;
+
     /// Total list cost of a user's charged usage batches in `currency` (what real-time
     /// spend counters should agree with).
     async fn usage_cost(&self, user: &UserId, currency: Currency) -> Result<Money>;
@@ -263,7 +278,7 @@ pub trait BillingStore: Send + Sync + std::fmt::Debug + 'static {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<UserPlanMargin>>;
-    /// Open and uncollectible invoices.
+    /// Invoices finalised by `now` that are open (overdue) or uncollectible (bad debt).
     async fn overdue(&self, now: DateTime<Utc>) -> Result<Vec<OverdueItem>>;
 
     // ----- jobs -----

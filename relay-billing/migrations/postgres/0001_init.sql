@@ -166,8 +166,11 @@ CREATE TABLE IF NOT EXISTS billing_usage_batches (
     covered TEXT NOT NULL,
     charged TEXT NOT NULL,
     fingerprint TEXT NOT NULL,
-    created_at BIGINT NOT NULL
+    created_at BIGINT NOT NULL,
+    invoice_id TEXT
 )
+--;
+CREATE INDEX IF NOT EXISTS billing_usage_batches_uninvoiced ON billing_usage_batches (user_id, invoice_id, created_at)
 --;
 CREATE INDEX IF NOT EXISTS billing_usage_batches_period ON billing_usage_batches (subscription_id, period_start)
 --;

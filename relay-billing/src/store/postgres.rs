@@ -19,15 +19,7 @@ pub async fn connect(
 ) -> Result<SqlBillingStore> {
     sqlx::any::install_default_drivers();
     if let Some(s) = schema {
-        if s.is_empty()
-            || !s
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        {
-            return Err(BillingError::InvalidInput(
-                "schema name must be lower-case letters, digits and underscores".into(),
-            ));
-        }
+        check_schema(s)?;
     }
     let options = AnyConnectOptions::from_str(url)
         .map_err(|e| BillingError::InvalidInput(format!("bad PostgreSQL url: {e}")))?;
@@ -63,6 +55,7 @@ pub async fn connect(
 
 /// Drop a schema made for a test run.
 pub async fn drop_schema(url: &str, schema: &str) -> Result<()> {
+    check_schema(schema)?;
     sqlx::any::install_default_drivers();
     let pool = AnyPoolOptions::new()
         .max_connections(1)
@@ -79,4 +72,19 @@ pub async fn migrate(pool: &sqlx::AnyPool) -> Result<()> {
     SqlBillingStore::from_pool(pool.clone(), Dialect::Postgres)
         .migrate()
         .await
+}
+
+/// Schema names are interpolated into SQL, so only plain identifiers are accepted.
+fn check_schema(s: &str) -> Result<()> {
+    let plain = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if plain {
+        Ok(())
+    } else {
+        Err(BillingError::InvalidInput(
+            "schema name must be 1 to 63 lower-case letters, digits and underscores".into(),
+        ))
+    }
 }

@@ -52,6 +52,7 @@ mod usage;
 /// Which SQL database a store talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Dialect {
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     Sqlite,
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     Postgres,
@@ -521,6 +522,17 @@ impl BillingStore for SqlBillingStore {
     async fn charge_usage(&self, batch: &UsageBatch, now: DateTime<Utc>) -> Result<UsageCharge> {
         batch.validate()?;
         retrying!(self.charge_usage_once(batch, now))
+    }
+
+    async fn invoice_usage(
+        &self,
+        user: &UserId,
+        currency: Currency,
+        until: DateTime<Utc>,
+        config: &BillingConfig,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Invoice>> {
+        retrying!(self.invoice_usage_impl(user, currency, until, config, now))
     }
 
     async fn usage_cost(&self, user: &UserId, currency: Currency) -> Result<Money> {

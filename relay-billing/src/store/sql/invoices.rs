@@ -284,6 +284,15 @@ async fn post_entries(
     })?))
 }
 
+/// Mark an invoice paid without posting (what it bills was paid already).
+pub(crate) async fn mark_paid_in(
+    c: &mut AnyConnection,
+    id: &InvoiceId,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    set_status(c, id, InvoiceStatus::Paid, now).await
+}
+
 /// Pay an open invoice that has no receivable straight from the wallet (guarded) and
 /// mark it paid. On insufficient funds nothing is written.
 pub(crate) async fn charge_from_wallet_in(

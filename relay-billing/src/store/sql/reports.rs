@@ -174,11 +174,13 @@ impl SqlBillingStore {
         Ok(out)
     }
 
-    pub(super) async fn overdue_impl(&self, _now: DateTime<Utc>) -> Result<Vec<OverdueItem>> {
+    pub(super) async fn overdue_impl(&self, now: DateTime<Utc>) -> Result<Vec<OverdueItem>> {
         let rows = sqlx::query(
             "SELECT id, number, user_id, total, currency, status, finalized_at FROM billing_invoices \
-             WHERE kind = 'invoice' AND status IN ('open', 'uncollectible') ORDER BY finalized_at, number",
+             WHERE kind = 'invoice' AND status IN ('open', 'uncollectible') AND finalized_at <= $1 \
+             ORDER BY finalized_at, number",
         )
+        .bind(ts(now))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()

@@ -1,12 +1,14 @@
 //! Usage batches charged to the ledger.
 
 use chrono::{DateTime, Utc};
-use relay_core::Money;
+use relay_core::{Currency, Money, UserId};
 use rust_decimal::Decimal;
 
 use super::ledger::{ensure_wallet, post_in};
 use super::{dec, money, s, subscriptions, ts, SqlBillingStore};
+use crate::config::BillingConfig;
 use crate::error::{BillingError, Result};
+use crate::invoice::{Invoice, LineItem, LineKind, TaxRule};
 use crate::ledger::{Account, Entry, NewTransaction, TxKind};
 use crate::subscription::SubscriptionStatus;
 use crate::usage::{UsageBatch, UsageCharge};
@@ -147,5 +149,90 @@ impl SqlBillingStore {
             transaction_id,
             replayed: false,
         })
+    }
+}
+
+impl SqlBillingStore {
+    pub(super) async fn invoice_usage_impl(
+        &self,
+        user: &UserId,
+        currency: Currency,
+        until: DateTime<Utc>,
+        config: &BillingConfig,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Invoice>> {
+        let mut db = self.pool.begin().await?;
+        let rows = sqlx::query(
+            "SELECT batch_id, subscription_id, charged FROM billing_usage_batches \
+             WHERE user_id = $1 AND currency = $2 AND invoice_id IS NULL AND created_at < $3",
+        )
+        .bind(user.as_str())
+        .bind(currency.code())
+        .bind(ts(until))
+        .fetch_all(&mut *db)
+        .await?;
+        let (mut payg, mut overage) = (Decimal::ZERO, Decimal::ZERO);
+        let mut ids = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let charged = dec(&s(r, "charged")?)?;
+            if super::opt_s(r, "subscription_id")?.is_some() {
+                overage += charged;
+            } else {
+                payg += charged;
+            }
+            ids.push(s(r, "batch_id")?);
+        }
+        if ids.is_empty() {
+            return Ok(None);
+        }
+        let until_s = until.format("%Y-%m-%d %H:%M UTC");
+        let mut lines = Vec::new();
+        if !payg.is_zero() {
+            lines.push(LineItem {
+                kind: LineKind::Usage,
+                description: format!("usage until {until_s}"),
+                amount: Money::new(payg, currency),
+            });
+        }
+        if !overage.is_zero() {
+            lines.push(LineItem {
+                kind: LineKind::Overage,
+                description: format!("usage beyond included credit until {until_s}"),
+                amount: Money::new(overage, currency),
+            });
+        }
+        let invoice = if lines.is_empty() {
+            None
+        } else {
+            // Tax is contained in what was charged: extract it, never add it.
+            let statement = BillingConfig {
+                tax: TaxRule {
+                    inclusive: true,
+                    ..config.tax
+                },
+                ..config.clone()
+            };
+            let inv =
+                super::invoices::issue_in(&mut db, user, None, currency, &lines, &statement, now)
+                    .await?;
+            super::invoices::mark_paid_in(&mut db, &inv.id, now).await?;
+            Some(super::invoices::must_invoice(&mut db, &inv.id).await?)
+        };
+        // Batches covered entirely by included credit are marked too (with the
+        // statement, or `covered` when nothing was charged) so they are never looked at
+        // again.
+        let marker = invoice
+            .as_ref()
+            .map(|i| i.id.to_string())
+            .unwrap_or_else(|| "covered".into());
+        for id in &ids {
+            sqlx::query("UPDATE billing_usage_batches SET invoice_id = $2 WHERE batch_id = $1 AND invoice_id IS NULL")
+                .bind(id)
+                .bind(&marker)
+                .execute(&mut *db)
+                .await?;
+        }
+        db.commit().await?;
+        Ok(invoice)
     }
 }
