@@ -279,3 +279,166 @@ async fn job_leader_lock_is_exclusive_across_store_instances() {
     );
     guard.drop_schema().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn distinct_payment_events_for_one_order_at_once_credit_it_once() {
+    let Some((store, guard)) = common::postgres(16).await else {
+        return;
+    };
+    let cfg = BillingConfig::default();
+    let user = UserId::new();
+    let order = store
+        .create_order(
+            &user,
+            OrderPurpose::TopUp,
+            usd("10"),
+            t0() + Duration::hours(1),
+            t0(),
+        )
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            let cfg = cfg.clone();
+            let notice = PaymentNotice {
+                order_id: order.id.clone(),
+                provider: "wechat".into(),
+                provider_event_id: format!("evt-{i}"),
+                amount: usd("10"),
+                provider_ref: format!("ref-{i}"),
+            };
+            tokio::spawn(async move { store.apply_payment(&notice, &cfg, t0()).await })
+        })
+        .collect();
+    let mut credited = 0;
+    for t in tasks {
+        let (applied, _) = t.await.unwrap().unwrap();
+        match applied.outcome {
+            PaymentOutcome::Credited { .. } => credited += 1,
+            PaymentOutcome::HeldForReview { reason } => {
+                assert!(reason.contains("already paid"), "{reason}")
+            }
+            PaymentOutcome::Refunded { .. } => panic!("not a refund"),
+        }
+    }
+    assert_eq!(credited, 1);
+    assert_eq!(
+        store.wallet(&user, Currency::USD).await.unwrap().balance,
+        usd("10")
+    );
+    guard.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_finalisation_numbers_without_gaps_or_duplicates() {
+    let Some((store, guard)) = common::postgres(16).await else {
+        return;
+    };
+    let cfg = BillingConfig::default();
+    let user = UserId::new();
+    let line = relay_billing::LineItem {
+        kind: relay_billing::LineKind::Adjustment,
+        description: "x".into(),
+        amount: usd("1"),
+    };
+    let mut drafts = Vec::new();
+    for _ in 0..20 {
+        drafts.push(
+            store
+                .create_draft_invoice(&user, Currency::USD, vec![line.clone()], &cfg, t0())
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    // Each draft finalised by three tasks at once: one wins per draft.
+    let tasks: Vec<_> = drafts
+        .iter()
+        .flat_map(|d| std::iter::repeat_n(d.clone(), 3))
+        .map(|d| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.finalize_invoice(&d, t0()).await })
+        })
+        .collect();
+    let mut wins = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => wins += 1,
+            Err(BillingError::IllegalTransition { .. }) => {}
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    }
+    assert_eq!(wins, 20);
+    let mut numbers: Vec<String> = store
+        .invoices(&user)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|i| i.number)
+        .collect();
+    numbers.sort();
+    let expected: Vec<String> = (1..=20).map(|n| format!("INV-{n:06}")).collect();
+    assert_eq!(numbers, expected);
+    guard.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_credit_notes_never_exceed_the_invoice() {
+    let Some((store, guard)) = common::postgres(16).await else {
+        return;
+    };
+    let cfg = BillingConfig::default();
+    let user = UserId::new();
+    store
+        .post(&top_up(&user, usd("10"), "seed"), t0())
+        .await
+        .unwrap();
+    let line = |a: &str| relay_billing::LineItem {
+        kind: relay_billing::LineKind::Adjustment,
+        description: "x".into(),
+        amount: usd(a),
+    };
+    let d = store
+        .create_draft_invoice(&user, Currency::USD, vec![line("10")], &cfg, t0())
+        .await
+        .unwrap();
+    store.finalize_invoice(&d.id, t0()).await.unwrap();
+    store.pay_invoice(&d.id, t0()).await.unwrap();
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            let id = d.id.clone();
+            let l = line("3");
+            tokio::spawn(async move { store.credit_note(&id, vec![l], "refund", t0()).await })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(BillingError::InvalidInput(m)) => assert!(m.contains("more than"), "{m}"),
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    }
+    assert_eq!(ok, 3, "3 × 3.00 fit in 10.00, a fourth does not");
+    assert_eq!(
+        store.wallet(&user, Currency::USD).await.unwrap().balance,
+        usd("9")
+    );
+    let mut cn: Vec<String> = store
+        .invoices(&user)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|i| i.kind == relay_billing::invoice::DocumentKind::CreditNote)
+        .filter_map(|i| i.number)
+        .collect();
+    cn.sort();
+    assert_eq!(
+        cn,
+        ["CN-000001", "CN-000002", "CN-000003"],
+        "refused notes leave no gap"
+    );
+    guard.drop_schema().await;
+}

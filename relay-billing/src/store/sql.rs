@@ -196,6 +196,24 @@ pub(crate) fn opt_ts(row: &AnyRow, col: &str) -> Result<Option<DateTime<Utc>>> {
     opt_i(row, col)?.map(from_ts).transpose()
 }
 
+/// Lock a row for the rest of the transaction (PostgreSQL `FOR UPDATE`), so concurrent
+/// operations on the same order or invoice queue instead of both acting on what they
+/// read. SQLite transactions are serialised already.
+pub(crate) async fn lock_row(
+    c: &mut AnyConnection,
+    d: Dialect,
+    table: &str,
+    id: &str,
+) -> Result<()> {
+    if d == Dialect::Postgres {
+        sqlx::query(&format!("SELECT id FROM {table} WHERE id = $1 FOR UPDATE"))
+            .bind(id)
+            .fetch_optional(&mut *c)
+            .await?;
+    }
+    Ok(())
+}
+
 /// `prefix_` and 32 random hex digits.
 pub(crate) fn new_id(prefix: &str) -> String {
     // Borrow relay-core's id generator (128 random bits) and swap the prefix.
@@ -347,7 +365,7 @@ impl BillingStore for SqlBillingStore {
         config: &BillingConfig,
         now: DateTime<Utc>,
     ) -> Result<SubscriptionChange> {
-        self.subscribe_impl(user, plan, config, now).await
+        retrying!(self.subscribe_impl(user, plan, config, now))
     }
     async fn subscription(&self, id: &SubscriptionId) -> Result<Option<Subscription>> {
         let mut c = self.pool.acquire().await?;
@@ -364,7 +382,7 @@ impl BillingStore for SqlBillingStore {
         actor: &str,
         now: DateTime<Utc>,
     ) -> Result<SubscriptionChange> {
-        self.cancel_impl(id, at_period_end, actor, now).await
+        retrying!(self.cancel_impl(id, at_period_end, actor, now))
     }
     async fn upgrade(
         &self,
@@ -373,7 +391,7 @@ impl BillingStore for SqlBillingStore {
         config: &BillingConfig,
         now: DateTime<Utc>,
     ) -> Result<SubscriptionChange> {
-        self.upgrade_impl(id, plan, config, now).await
+        retrying!(self.upgrade_impl(id, plan, config, now))
     }
     async fn schedule_downgrade(
         &self,
@@ -381,7 +399,7 @@ impl BillingStore for SqlBillingStore {
         plan: &PlanId,
         now: DateTime<Utc>,
     ) -> Result<SubscriptionChange> {
-        self.schedule_downgrade_impl(id, plan, now).await
+        retrying!(self.schedule_downgrade_impl(id, plan, now))
     }
     async fn due_for_renewal(&self, now: DateTime<Utc>) -> Result<Vec<SubscriptionId>> {
         self.due_for_renewal_impl(now).await

@@ -159,7 +159,7 @@ pub(crate) async fn finalize_in(
     .fetch_one(&mut *c)
     .await?;
     let number = format!("{}-{n:06}", inv.kind.prefix());
-    sqlx::query(
+    let done = sqlx::query(
         "UPDATE billing_invoices SET number = $2, status = 'open', lines = $3, subtotal = $4, tax = $5, total = $6, \
          finalized_at = $7 WHERE id = $1 AND status = 'draft'",
     )
@@ -172,6 +172,12 @@ pub(crate) async fn finalize_in(
     .bind(ts(now))
     .execute(&mut *c)
     .await?;
+    if done.rows_affected() != 1 {
+        // Finalised concurrently: refuse, and the rollback returns the number.
+        return Err(BillingError::Conflict(format!(
+            "invoice {id} finalised concurrently"
+        )));
+    }
     must_invoice(c, id).await
 }
 
@@ -434,6 +440,7 @@ impl SqlBillingStore {
 
     pub(super) async fn add_line_impl(&self, id: &InvoiceId, line: LineItem) -> Result<Invoice> {
         let mut db = self.pool.begin().await?;
+        super::lock_row(&mut db, self.dialect, "billing_invoices", id.as_str()).await?;
         let mut inv = must_invoice(&mut db, id).await?;
         if inv.status != InvoiceStatus::Draft {
             return Err(BillingError::IllegalTransition {
@@ -460,6 +467,7 @@ impl SqlBillingStore {
         now: DateTime<Utc>,
     ) -> Result<Invoice> {
         let mut db = self.pool.begin().await?;
+        super::lock_row(&mut db, self.dialect, "billing_invoices", id.as_str()).await?;
         let inv = finalize_in(&mut db, id, now).await?;
         if inv.kind == DocumentKind::CreditNote {
             return Err(BillingError::InvalidInput(
@@ -486,6 +494,7 @@ impl SqlBillingStore {
         now: DateTime<Utc>,
     ) -> Result<Invoice> {
         let mut db = self.pool.begin().await?;
+        super::lock_row(&mut db, self.dialect, "billing_invoices", id.as_str()).await?;
         let inv = must_invoice(&mut db, id).await?;
         pay_open_in(&mut db, self.dialect, &inv, now).await?;
         let inv = must_invoice(&mut db, id).await?;
@@ -500,6 +509,7 @@ impl SqlBillingStore {
         now: DateTime<Utc>,
     ) -> Result<Invoice> {
         let mut db = self.pool.begin().await?;
+        super::lock_row(&mut db, self.dialect, "billing_invoices", id.as_str()).await?;
         let inv = must_invoice(&mut db, id).await?;
         let action = if uncollectible {
             "mark uncollectible"
@@ -564,6 +574,7 @@ impl SqlBillingStore {
             ));
         }
         let mut db = self.pool.begin().await?;
+        super::lock_row(&mut db, self.dialect, "billing_invoices", id.as_str()).await?;
         let original = must_invoice(&mut db, id).await?;
         if original.kind != DocumentKind::Invoice || original.status != InvoiceStatus::Paid {
             return Err(BillingError::IllegalTransition {

@@ -227,6 +227,13 @@ impl SqlBillingStore {
                 None,
             ));
         }
+        super::lock_row(
+            &mut db,
+            self.dialect,
+            "billing_orders",
+            notice.order_id.as_str(),
+        )
+        .await?;
         let order = must_order(&mut db, &notice.order_id).await?;
         let hold_reason = if notice.amount.currency() != order.amount.currency() {
             Some(format!(
@@ -423,6 +430,13 @@ impl SqlBillingStore {
                 order,
             });
         }
+        super::lock_row(
+            &mut db,
+            self.dialect,
+            "billing_orders",
+            notice.order_id.as_str(),
+        )
+        .await?;
         let order = must_order(&mut db, &notice.order_id).await?;
         let refundable = order.amount.checked_sub(&order.refunded);
         let hold_reason = if order.status != OrderStatus::Paid {
