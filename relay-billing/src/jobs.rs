@@ -148,7 +148,7 @@ pub trait SpendCounters: Send + Sync + std::fmt::Debug {
 /// One difference reconciliation found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Drift {
-    /// What was compared (`wallet:usr_…`, `ledger`, `counters:usr_…`).
+    /// What was compared (`wallet:usr_…`, `ledger`, `usage:usr_…`, `counters:usr_…`).
     pub subject: String,
     /// The truth (derived from ledger entries or usage batches).
     pub expected: Money,
@@ -157,8 +157,9 @@ pub struct Drift {
 }
 
 /// Compare every wallet's cached balance with the balance derived from its entries, the
-/// whole ledger's sum with zero, and (when given) real-time spend counters with the
-/// usage charged; record each difference as an `alert.drift` event.
+/// whole ledger's sum with zero, the usage records' charges with the ledger's usage
+/// debits, and (when given) real-time spend counters with the usage records' list cost;
+/// record each difference as an `alert.drift` event.
 pub async fn reconcile(
     billing: &Billing,
     counters: Option<&dyn SpendCounters>,
@@ -221,6 +222,36 @@ pub async fn find_drift(
                 subject: "ledger".into(),
                 expected: Money::zero(c),
                 actual: Money::new(sum, c),
+            });
+        }
+    }
+    // Usage records against the ledger: what the batches say was charged must be what
+    // the usage-charge transactions debited from each wallet.
+    let mut debited: BTreeMap<(String, Currency), Decimal> = BTreeMap::new();
+    for t in txs
+        .iter()
+        .filter(|t| t.kind == crate::ledger::TxKind::UsageCharge)
+    {
+        if let Some(u) = &t.user_id {
+            let wallet = Account::Wallet(u.clone());
+            for e in t.entries.iter().filter(|e| e.account == wallet) {
+                *debited
+                    .entry((u.to_string(), e.amount.currency()))
+                    .or_default() += e.amount.amount();
+            }
+        }
+    }
+    for total in store.usage_totals().await? {
+        let c = total.charged.currency();
+        let in_ledger = debited
+            .get(&(total.user_id.to_string(), c))
+            .copied()
+            .unwrap_or_default();
+        if in_ledger != total.charged.amount() {
+            drifts.push(Drift {
+                subject: format!("usage:{}", total.user_id),
+                expected: total.charged,
+                actual: Money::new(in_ledger, c),
             });
         }
     }

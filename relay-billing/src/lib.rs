@@ -58,4 +58,4 @@ pub use plan::{Overage, Period, Plan, PlanSpec, PlanStatus};
 pub use service::Billing;
 pub use store::BillingStore;
 pub use subscription::{KeyAction, Subscription, SubscriptionChange, SubscriptionStatus};
-pub use usage::{UsageBatch, UsageCharge};
+pub use usage::{UsageBatch, UsageCharge, UsageTotal};

@@ -25,7 +25,7 @@ use crate::plan::{Plan, PlanSpec};
 use crate::redemption::RedemptionCode;
 use crate::reports::{OverdueItem, PlanCount, RevenueLine, UserPlanMargin};
 use crate::subscription::{Subscription, SubscriptionChange};
-use crate::usage::{UsageBatch, UsageCharge};
+use crate::usage::{UsageBatch, UsageCharge, UsageTotal};
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub mod sql;
@@ -265,6 +265,9 @@ pub trait BillingStore: Send + Sync + std::fmt::Debug + 'static {
     /// Total list cost of a user's charged usage batches in `currency` (what real-time
     /// spend counters should agree with).
     async fn usage_cost(&self, user: &UserId, currency: Currency) -> Result<Money>;
+
+    /// Per user and currency: list cost and amount charged of all usage batches.
+    async fn usage_totals(&self) -> Result<Vec<UsageTotal>>;
 
     // ----- reports -----
 

@@ -49,3 +49,14 @@ pub struct UsageCharge {
     /// True when the batch was charged before and this call changed nothing.
     pub replayed: bool,
 }
+
+/// What a user's usage batches add up to in one currency.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageTotal {
+    /// The user.
+    pub user_id: UserId,
+    /// Sum of list costs.
+    pub cost: Money,
+    /// Sum of what was charged to the wallet.
+    pub charged: Money,
+}

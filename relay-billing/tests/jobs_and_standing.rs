@@ -187,6 +187,30 @@ async fn reconciliation_reports_a_cached_balance_that_drifted() {
 }
 
 #[tokio::test]
+async fn reconciliation_reports_usage_records_that_disagree_with_the_ledger() {
+    let (store, _dir) = common::sqlite().await;
+    let user = UserId::new();
+    let batch = UsageBatch {
+        batch_id: "b1".into(),
+        user_id: user.clone(),
+        cost: usd("0.5"),
+    };
+    store.charge_usage(&batch, t0()).await.unwrap();
+    assert!(jobs::find_drift(&store, None).await.unwrap().is_empty());
+    sqlx::query("UPDATE billing_usage_batches SET charged = '0.4' WHERE batch_id = 'b1'")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let drift = jobs::find_drift(&store, None).await.unwrap();
+    assert_eq!(drift.len(), 1);
+    assert_eq!(drift[0].subject, format!("usage:{user}"));
+    assert_eq!(
+        (drift[0].expected, drift[0].actual),
+        (usd("0.4"), usd("0.5"))
+    );
+}
+
+#[tokio::test]
 async fn the_ledger_tables_are_append_only() {
     let (store, _dir) = common::sqlite().await;
     let user = UserId::new();

@@ -38,7 +38,7 @@ use crate::plan::{Plan, PlanSpec};
 use crate::redemption::RedemptionCode;
 use crate::reports::{OverdueItem, PlanCount, RevenueLine, UserPlanMargin};
 use crate::subscription::{Subscription, SubscriptionChange};
-use crate::usage::{UsageBatch, UsageCharge};
+use crate::usage::{UsageBatch, UsageCharge, UsageTotal};
 
 mod codes;
 mod invoices;
@@ -551,6 +551,32 @@ impl BillingStore for SqlBillingStore {
         now: DateTime<Utc>,
     ) -> Result<Option<Invoice>> {
         retrying!(self.invoice_usage_impl(user, currency, until, config, now))
+    }
+
+    async fn usage_totals(&self) -> Result<Vec<UsageTotal>> {
+        let rows =
+            sqlx::query("SELECT user_id, currency, cost, charged FROM billing_usage_batches")
+                .fetch_all(&self.pool)
+                .await?;
+        let mut sums: std::collections::BTreeMap<(String, String), (Decimal, Decimal)> =
+            std::collections::BTreeMap::new();
+        for r in &rows {
+            let e = sums
+                .entry((s(r, "user_id")?, s(r, "currency")?))
+                .or_default();
+            e.0 += dec(&s(r, "cost")?)?;
+            e.1 += dec(&s(r, "charged")?)?;
+        }
+        sums.into_iter()
+            .map(|((user, currency), (cost, charged))| {
+                let c: Currency = parse(&currency)?;
+                Ok(UsageTotal {
+                    user_id: parse(&user)?,
+                    cost: Money::new(cost, c),
+                    charged: Money::new(charged, c),
+                })
+            })
+            .collect()
     }
 
     async fn usage_cost(&self, user: &UserId, currency: Currency) -> Result<Money> {
