@@ -302,6 +302,33 @@ mod tests {
         );
     }
 
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn totals_add_up_and_are_rounded_once(
+            amounts in proptest::collection::vec(-1_000_000_000i64..1_000_000_000, 1..8),
+            rate_bp in 0i64..5000,
+            inclusive in any::<bool>(),
+        ) {
+            let lines: Vec<LineItem> = amounts
+                .iter()
+                .map(|a| LineItem { kind: LineKind::Usage, description: "u".into(), amount: Money::new(Decimal::new(*a, 6), Currency::USD) })
+                .collect();
+            let rule = TaxRule { rate: Decimal::new(rate_bp, 4), inclusive };
+            let t = compute_totals(Currency::USD, &lines, rule).unwrap();
+            prop_assert_eq!(t.subtotal.checked_add(&t.tax).unwrap(), t.total);
+            for (rounded, exact) in t.lines.iter().zip(&lines) {
+                prop_assert_eq!(rounded.amount, exact.amount.round_to_minor());
+            }
+            for m in [t.subtotal, t.tax, t.total] {
+                prop_assert_eq!(m.round_to_minor(), m);
+            }
+            let sum = Money::sum(Currency::USD, t.lines.iter().map(|l| &l.amount)).unwrap();
+            prop_assert_eq!(if inclusive { t.total } else { t.subtotal }, sum);
+        }
+    }
+
     #[test]
     fn bad_rates_and_currencies_are_refused() {
         for rate in ["-0.1", "1", "2"] {

@@ -5,7 +5,7 @@
 //! `postgres`, and `memory` (SQLite's in-memory database; see [`memory`]). All of them
 //! are the one SQL implementation [`SqlBillingStore`], which differs per dialect only
 //! where the databases do (the balance guard, the leader lock), and all pass the same
-//! conformance suite (`test-utils` feature, [`crate::conformance`]).
+//! conformance suite (the `conformance` module, feature `test-utils`).
 //!
 //! Times are passed in (`now`) rather than read, so the [`crate::Billing`] service and
 //! the jobs drive them from a [`relay_core::Clock`].

@@ -45,6 +45,7 @@ mod invoices;
 mod ledger;
 mod orders;
 mod plans;
+mod renewals;
 mod reports;
 mod subscriptions;
 mod usage;
