@@ -144,6 +144,81 @@ pub async fn ledger_posts_balanced_idempotent_transactions(store: &dyn BillingSt
     );
 }
 
+/// Charges are refunded in parts, never beyond what they took.
+pub async fn ledger_refunds_charges_up_to_what_they_took(store: &dyn BillingStore) {
+    let user = UserId::new();
+    store
+        .post(&top_up(&user, usd("10"), &key("t")), t0())
+        .await
+        .unwrap();
+    let ck = key("charge");
+    store
+        .post(&charge(&user, usd("6"), &ck), t0())
+        .await
+        .unwrap();
+    let r1 = store
+        .refund_charge(&ck, usd("2.5"), "partial", "r1", t0())
+        .await
+        .unwrap();
+    assert!(r1.is_new());
+    assert_eq!(r1.transaction().kind, TxKind::ChargeRefund);
+    assert!(!store
+        .refund_charge(&ck, usd("2.5"), "partial", "r1", t0())
+        .await
+        .unwrap()
+        .is_new());
+    assert!(matches!(
+        store
+            .refund_charge(&ck, usd("2"), "other", "r1", t0())
+            .await,
+        Err(BillingError::IdempotencyConflict(_))
+    ));
+    assert!(store
+        .refund_charge(&ck, usd("3.51"), "too much", "r2", t0())
+        .await
+        .is_err());
+    assert!(store
+        .refund_charge(&ck, usd("0"), "zero", "r2", t0())
+        .await
+        .is_err());
+    assert!(store
+        .refund_charge(&ck, usd("1"), " ", "r2", t0())
+        .await
+        .is_err());
+    assert!(matches!(
+        store.refund_charge("nope", usd("1"), "x", "r2", t0()).await,
+        Err(BillingError::NotFound { .. })
+    ));
+    let topup_key = store.transactions(Some(&user)).await.unwrap()[0]
+        .idempotency_key
+        .clone();
+    assert!(store
+        .refund_charge(&topup_key, usd("1"), "not a charge", "r2", t0())
+        .await
+        .is_err());
+    store
+        .refund_charge(&ck, usd("3.5"), "the rest", "r3", t0())
+        .await
+        .unwrap();
+    assert!(store
+        .refund_charge(&ck, usd("0.01"), "more", "r4", t0())
+        .await
+        .is_err());
+    assert_eq!(
+        store.wallet(&user, Currency::USD).await.unwrap().balance,
+        usd("10")
+    );
+    assert_eq!(
+        store
+            .derived_balance(&Account::Refunds, Currency::USD)
+            .await
+            .unwrap()
+            .currency(),
+        Currency::USD
+    );
+    assert_wallet_consistent(store, &user).await;
+}
+
 /// Malformed transactions are refused and change nothing.
 pub async fn ledger_refuses_bad_transactions(store: &dyn BillingStore) {
     let user = UserId::new();
@@ -970,6 +1045,7 @@ pub async fn all(store: &dyn BillingStore) {
     ledger_posts_balanced_idempotent_transactions(store).await;
     ledger_refuses_bad_transactions(store).await;
     ledger_guard_respects_credit_limit(store).await;
+    ledger_refunds_charges_up_to_what_they_took(store).await;
     orders_apply_payments_and_refunds(store).await;
     plan_purchase_order_activates_subscription(store).await;
     plans_are_versioned(store).await;

@@ -153,6 +153,26 @@ impl Billing {
         self.store.post(&tx, self.now()).await
     }
 
+    /// Credit back part or all of a charge made with [`Billing::pay_by_balance`] under
+    /// `charge_key` (or any plan or usage charge, by its ledger key); never more than it
+    /// took in total. Idempotent by `key`.
+    pub async fn refund_charge(
+        &self,
+        charge_key: &str,
+        amount: Money,
+        reason: &str,
+        key: &str,
+    ) -> Result<Posted> {
+        let ledger_key = if charge_key.contains(':') {
+            charge_key.to_owned()
+        } else {
+            format!("pay:{charge_key}")
+        };
+        self.store
+            .refund_charge(&ledger_key, amount, reason, key, self.now())
+            .await
+    }
+
     /// Charge a usage batch (idempotent by batch id).
     pub async fn charge_usage(&self, batch: &UsageBatch) -> Result<UsageCharge> {
         self.store.charge_usage(batch, self.now()).await

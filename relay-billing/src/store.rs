@@ -54,6 +54,17 @@ pub trait BillingStore: Send + Sync + std::fmt::Debug + 'static {
     async fn transaction_by_key(&self, key: &str) -> Result<Option<Transaction>>;
     /// Transactions, oldest first; of one user when given.
     async fn transactions(&self, user: Option<&UserId>) -> Result<Vec<Transaction>>;
+    /// Credit back (part of) a charge posted under `charge_key` (a plan or usage charge
+    /// paid from a wallet) to the same wallet, from the refunds account. The refunds of
+    /// one charge never add up to more than it took; idempotent by `key`.
+    async fn refund_charge(
+        &self,
+        charge_key: &str,
+        amount: Money,
+        reason: &str,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Posted>;
     /// A user's wallet (zero balance and credit limit when never used).
     async fn wallet(&self, user: &UserId, currency: Currency) -> Result<Wallet>;
     /// Every wallet that has a row.

@@ -42,6 +42,7 @@ conformance!(
     ledger_posts_balanced_idempotent_transactions,
     ledger_refuses_bad_transactions,
     ledger_guard_respects_credit_limit,
+    ledger_refunds_charges_up_to_what_they_took,
     orders_apply_payments_and_refunds,
     plan_purchase_order_activates_subscription,
     plans_are_versioned,

@@ -340,6 +340,22 @@ async fn service_ledger_operations_validate_and_are_idempotent() {
         .pay_by_balance(&user, usd("3"), "p1", "thing")
         .await
         .unwrap();
+    billing
+        .refund_charge("p1", usd("1"), "goodwill", "rf1")
+        .await
+        .unwrap();
+    assert!(billing
+        .refund_charge("p1", usd("2.01"), "more", "rf2")
+        .await
+        .is_err());
+    billing
+        .refund_charge("p1", usd("2"), "rest", "rf2")
+        .await
+        .unwrap();
+    billing
+        .pay_by_balance(&user, usd("3"), "p1b", "thing")
+        .await
+        .unwrap();
     assert!(matches!(
         billing
             .pay_by_balance(&user, usd("0.01"), "p2", "thing")

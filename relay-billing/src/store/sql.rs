@@ -290,6 +290,16 @@ impl BillingStore for SqlBillingStore {
     async fn transactions(&self, user: Option<&UserId>) -> Result<Vec<Transaction>> {
         self.transactions_impl(user).await
     }
+    async fn refund_charge(
+        &self,
+        charge_key: &str,
+        amount: Money,
+        reason: &str,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Posted> {
+        retrying!(self.refund_charge_impl(charge_key, amount, reason, key, now))
+    }
     async fn wallet(&self, user: &UserId, currency: Currency) -> Result<Wallet> {
         let mut c = self.pool.acquire().await?;
         ledger::read_wallet(&mut c, user, currency).await

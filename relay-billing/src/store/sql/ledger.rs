@@ -9,7 +9,7 @@ use sqlx::AnyConnection;
 
 use super::{dec, from_ts, i, money, new_id, opt_s, parse, s, ts, Dialect, SqlBillingStore};
 use crate::error::{BillingError, Result};
-use crate::ledger::{Account, Entry, NewTransaction, Posted, Transaction, Wallet};
+use crate::ledger::{Account, Entry, NewTransaction, Posted, Transaction, TxKind, Wallet};
 
 /// Post `tx` inside the caller's database transaction. On `InsufficientFunds` nothing
 /// was written, so a composite operation may carry on (a failed renewal goes past due).
@@ -233,7 +233,110 @@ pub(crate) async fn load_by_key(
     Ok(Some((tx, s(&row, "fingerprint")?)))
 }
 
+/// `text` with LIKE's wildcards escaped (escape character `\\`).
+fn like_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for ch in text.chars() {
+        if matches!(ch, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out
+}
+
 impl SqlBillingStore {
+    pub(super) async fn refund_charge_impl(
+        &self,
+        charge_key: &str,
+        amount: Money,
+        reason: &str,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Posted> {
+        if amount.is_negative() || amount.is_zero() {
+            return Err(BillingError::InvalidInput(
+                "a refund must be positive".into(),
+            ));
+        }
+        if reason.trim().is_empty() || reason.len() > 500 {
+            return Err(BillingError::InvalidInput(
+                "a refund needs a reason (1 to 500 characters)".into(),
+            ));
+        }
+        let mut db = self.pool.begin().await?;
+        let (charge, _) =
+            load_by_key(&mut db, charge_key)
+                .await?
+                .ok_or_else(|| BillingError::NotFound {
+                    kind: "charge",
+                    id: charge_key.to_owned(),
+                })?;
+        let user = match (&charge.kind, &charge.user_id) {
+            (TxKind::PlanCharge | TxKind::UsageCharge, Some(u)) => u.clone(),
+            _ => {
+                return Err(BillingError::InvalidInput(format!(
+                    "`{charge_key}` is not a charge paid from a wallet"
+                )))
+            }
+        };
+        let wallet = Account::Wallet(user.clone());
+        let paid = charge.net_for(&wallet);
+        if amount.currency() != charge.entries[0].amount.currency() {
+            return Err(BillingError::InvalidInput(
+                "refund in another currency than the charge".into(),
+            ));
+        }
+        let prefix = format!("refund-charge:{charge_key}:");
+        let tx = NewTransaction {
+            idempotency_key: format!("{prefix}{key}"),
+            kind: TxKind::ChargeRefund,
+            user_id: Some(user.clone()),
+            memo: reason.to_owned(),
+            entries: vec![
+                Entry::debit(Account::Refunds, amount),
+                Entry::credit(wallet.clone(), amount),
+            ],
+            guarded: false,
+        };
+        if let Some((existing, fp)) = load_by_key(&mut db, &tx.idempotency_key).await? {
+            return if fp == tx.fingerprint() {
+                Ok(Posted::Replayed(existing))
+            } else {
+                Err(BillingError::IdempotencyConflict(tx.idempotency_key))
+            };
+        }
+        // Serialise refunds of one user's charges on the wallet row, then check the cap.
+        ensure_wallet(&mut db, &user, amount.currency(), now).await?;
+        sqlx::query("UPDATE billing_wallets SET updated_at = updated_at WHERE user_id = $1 AND currency = $2")
+            .bind(user.as_str())
+            .bind(amount.currency().code())
+            .execute(&mut *db)
+            .await?;
+        let rows = sqlx::query(
+            "SELECT e.amount FROM billing_entries e JOIN billing_transactions t ON t.id = e.tx_id \
+             WHERE t.idempotency_key LIKE $1 ESCAPE '\\' AND e.account = $2",
+        )
+        .bind(format!("{}%", like_escape(&prefix)))
+        .bind(wallet.key())
+        .fetch_all(&mut *db)
+        .await?;
+        let mut refunded = Decimal::ZERO;
+        for r in &rows {
+            refunded -= dec(&s(r, "amount")?)?;
+        }
+        if refunded + amount.amount() > paid {
+            return Err(BillingError::InvalidInput(format!(
+                "refunds would total {} but the charge took {}",
+                refunded + amount.amount(),
+                paid
+            )));
+        }
+        let posted = post_in(&mut db, self.dialect, &tx, now).await?;
+        db.commit().await?;
+        Ok(posted)
+    }
+
     pub(super) async fn post_once(
         &self,
         tx: &NewTransaction,
