@@ -5,11 +5,39 @@
 //! | `DATABASE_URL` | `sqlite://relay.db` | `sqlite://PATH` (embedded) or `postgres://…` |
 //! | `REDIS_URL` | unset | unset: in-memory limiter, one instance; set: shared limiter |
 //! | `RELAY_BIND` | `127.0.0.1:8080` | address to listen on |
+//! | `RELAY_CONFIG` (`--config`) | unset | a TOML file; it fills what flags and the environment leave at their default |
+//! | `RELAY_DEMO` (`--demo`) | off | seed a demo user and key, relay every service to an in-process upstream |
+//! | `RELAY_DEMO_KEY` | random | the demo key's value (`rk_live_` + 43 base64url characters) |
+//! | `RELAY_DEMO_UPSTREAM` | in-process | demo mode: relay to this stand-in base URL instead |
+//! | `RELAY_ENCRYPTION_KEY` | generated per run, with a warning | base64 of 32 bytes: seals upstream credentials at rest (set it in production) |
+//! | `RELAY_KEY_PEPPER` | generated per run, with a warning | base64 of at least 32 bytes: keys API-key hashes (set it in production) |
+//! | `RELAY_PRICE_CATALOG` | `../shared/data/model_prices.json` when present, else a small embedded catalog | LiteLLM price catalog |
+//! | `RELAY_MAX_BODY_BYTES` | `33554432` | largest request body relayed |
+//! | `RELAY_CONNECT_TIMEOUT_SECS` | `10` | upstream connect timeout |
+//! | `RELAY_IDLE_TIMEOUT_SECS` | `300` | longest wait for the next upstream byte |
+//! | `ANTHROPIC_API_KEYS`, `OPENAI_API_KEYS`, `GEMINI_API_KEYS` | unset | comma-separated upstream keys, one account each |
+//! | `OPENAI_BASE_URL` | `https://api.openai.com` | base URL of the OpenAI-compatible upstream |
+//!
+//! Upstream accounts with weights and base URLs are configured in the TOML file:
+//!
+//! ```toml
+//! [[accounts]]
+//! service = "anthropic"   # anthropic | openai | gemini
+//! name = "primary"
+//! key = "sk-ant-..."
+//! weight = 3              # optional, default 1
+//! base_url = "https://api.anthropic.com"  # optional
+//! ```
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
+use base64::Engine as _;
 use clap::Parser;
+use relay_core::Service;
+use serde::Deserialize;
 
 /// Why the configuration was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -23,6 +51,38 @@ pub enum ConfigError {
     /// `RELAY_BIND` is not an address.
     #[error("RELAY_BIND `{0}` is not a socket address: use HOST:PORT such as 127.0.0.1:8080 or 0.0.0.0:8080")]
     Bind(String),
+    /// The TOML file could not be read or parsed.
+    #[error("config file {path}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A secret is missing or malformed.
+    #[error("{name}: {reason}")]
+    Secret {
+        /// The variable.
+        name: &'static str,
+        /// What is wrong (never the value).
+        reason: String,
+    },
+    /// An upstream account is invalid.
+    #[error("upstream account `{name}`: {reason}")]
+    Account {
+        /// The account's name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A numeric setting is out of range.
+    #[error("{name} must be {expected}")]
+    Range {
+        /// The variable.
+        name: &'static str,
+        /// The accepted range.
+        expected: &'static str,
+    },
 }
 
 /// Command-line flags; each also reads its environment variable.
@@ -42,6 +102,186 @@ pub struct Args {
     /// Address to listen on.
     #[arg(long, env = "RELAY_BIND", default_value = "127.0.0.1:8080")]
     pub bind: String,
+    /// A TOML file with settings and upstream accounts.
+    #[arg(long = "config", env = "RELAY_CONFIG")]
+    pub config_file: Option<PathBuf>,
+    /// Demo mode: seed a user and key, relay every service to an in-process upstream.
+    #[arg(long, env = "RELAY_DEMO")]
+    pub demo: bool,
+    /// The demo key's value (`rk_live_` + 43 base64url characters); random when unset.
+    #[arg(long, env = "RELAY_DEMO_KEY", hide_env_values = true)]
+    pub demo_key: Option<String>,
+    /// Demo mode: relay to this stand-in base URL instead of the in-process upstream.
+    #[arg(long, env = "RELAY_DEMO_UPSTREAM")]
+    pub demo_upstream: Option<String>,
+    /// Base64 of 32 bytes sealing upstream credentials at rest (AES-256-GCM).
+    #[arg(long, env = "RELAY_ENCRYPTION_KEY", hide_env_values = true)]
+    pub encryption_key: Option<String>,
+    /// Base64 of at least 32 bytes keying API-key hashes.
+    #[arg(long, env = "RELAY_KEY_PEPPER", hide_env_values = true)]
+    pub key_pepper: Option<String>,
+    /// LiteLLM price catalog file.
+    #[arg(long, env = "RELAY_PRICE_CATALOG")]
+    pub price_catalog: Option<PathBuf>,
+    /// Largest request body relayed, in bytes.
+    #[arg(long, env = "RELAY_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Upstream connect timeout in seconds.
+    #[arg(long, env = "RELAY_CONNECT_TIMEOUT_SECS")]
+    pub connect_timeout_secs: Option<u64>,
+    /// Longest wait for the next upstream byte, in seconds.
+    #[arg(long, env = "RELAY_IDLE_TIMEOUT_SECS")]
+    pub idle_timeout_secs: Option<u64>,
+    /// Anthropic API keys, comma-separated (one account each).
+    #[arg(long, env = "ANTHROPIC_API_KEYS", hide_env_values = true)]
+    pub anthropic_api_keys: Option<String>,
+    /// OpenAI-compatible API keys, comma-separated (one account each).
+    #[arg(long, env = "OPENAI_API_KEYS", hide_env_values = true)]
+    pub openai_api_keys: Option<String>,
+    /// Base URL of the OpenAI-compatible upstream.
+    #[arg(long, env = "OPENAI_BASE_URL")]
+    pub openai_base_url: Option<String>,
+    /// Gemini API keys, comma-separated (one account each).
+    #[arg(long, env = "GEMINI_API_KEYS", hide_env_values = true)]
+    pub gemini_api_keys: Option<String>,
+}
+
+impl Default for Args {
+    fn default() -> Self {
+        Self {
+            database_url: "sqlite://relay.db".into(),
+            redis_url: None,
+            bind: "127.0.0.1:8080".into(),
+            config_file: None,
+            demo: false,
+            demo_key: None,
+            demo_upstream: None,
+            encryption_key: None,
+            key_pepper: None,
+            price_catalog: None,
+            max_body_bytes: None,
+            connect_timeout_secs: None,
+            idle_timeout_secs: None,
+            anthropic_api_keys: None,
+            openai_api_keys: None,
+            openai_base_url: None,
+            gemini_api_keys: None,
+        }
+    }
+}
+
+/// The TOML file's shape: every field optional; flags and the environment win.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// As `DATABASE_URL`.
+    pub database_url: Option<String>,
+    /// As `REDIS_URL`.
+    pub redis_url: Option<String>,
+    /// As `RELAY_BIND`.
+    pub bind: Option<String>,
+    /// As `RELAY_ENCRYPTION_KEY`.
+    pub encryption_key: Option<String>,
+    /// As `RELAY_KEY_PEPPER`.
+    pub key_pepper: Option<String>,
+    /// As `RELAY_PRICE_CATALOG`.
+    pub price_catalog: Option<PathBuf>,
+    /// As `RELAY_MAX_BODY_BYTES`.
+    pub max_body_bytes: Option<usize>,
+    /// As `RELAY_CONNECT_TIMEOUT_SECS`.
+    pub connect_timeout_secs: Option<u64>,
+    /// As `RELAY_IDLE_TIMEOUT_SECS`.
+    pub idle_timeout_secs: Option<u64>,
+    /// Upstream accounts.
+    #[serde(default)]
+    pub accounts: Vec<AccountConfig>,
+}
+
+/// One upstream account as configured.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountConfig {
+    /// Which API it serves.
+    pub service: Service,
+    /// Unique name (shown in metrics and logs).
+    pub name: String,
+    /// The upstream credential.
+    pub key: String,
+    /// Base URL; the service's public API when unset.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// Share of traffic relative to the pool's other accounts.
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl fmt::Debug for AccountConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccountConfig")
+            .field("service", &self.service)
+            .field("name", &self.name)
+            .field("key", &"***")
+            .field("base_url", &self.base_url)
+            .field("weight", &self.weight)
+            .finish()
+    }
+}
+
+/// The public API base URL of `service`.
+pub fn default_base_url(service: Service) -> &'static str {
+    match service {
+        Service::Anthropic => "https://api.anthropic.com",
+        Service::Openai => "https://api.openai.com",
+        Service::Gemini => "https://generativelanguage.googleapis.com",
+    }
+}
+
+impl AccountConfig {
+    /// Check name, key, weight and base URL.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |reason: &str| ConfigError::Account {
+            name: self.name.chars().take(64).collect(),
+            reason: reason.to_owned(),
+        };
+        let n = self.name.trim();
+        if n.is_empty()
+            || n.len() > 64
+            || !n
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return Err(bad(
+                "name must be 1 to 64 characters of a-z, A-Z, 0-9, -, _ or .",
+            ));
+        }
+        if self.key.trim().is_empty() || self.key.chars().any(char::is_control) {
+            return Err(bad("key is empty or contains control characters"));
+        }
+        if self.weight == 0 || self.weight > 1000 {
+            return Err(bad("weight must be 1 to 1000"));
+        }
+        if let Some(url) = &self.base_url {
+            let ok = (url.starts_with("http://") || url.starts_with("https://"))
+                && url::Url::parse(url).is_ok();
+            if !ok {
+                return Err(bad("base_url must be an http:// or https:// URL"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The base URL without a trailing slash.
+    pub fn base_url(&self) -> String {
+        self.base_url
+            .as_deref()
+            .unwrap_or(default_base_url(self.service))
+            .trim_end_matches('/')
+            .to_owned()
+    }
 }
 
 /// Where durable state lives.
@@ -103,6 +343,34 @@ fn redact_password(url: &str) -> String {
     url.to_owned()
 }
 
+/// A secret from configuration; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretBytes(pub Vec<u8>);
+
+impl fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Upstream connection settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamTimeouts {
+    /// TCP (and TLS) connect timeout.
+    pub connect: Duration,
+    /// Longest wait for response headers or for the next body byte.
+    pub idle: Duration,
+}
+
+/// Demo mode settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DemoConfig {
+    /// The demo key's value, when fixed.
+    pub key: Option<String>,
+    /// An external stand-in upstream instead of the in-process one.
+    pub upstream: Option<String>,
+}
+
 /// Validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -112,10 +380,125 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// Listening address.
     pub bind: SocketAddr,
+    /// Demo mode, when on.
+    pub demo: Option<DemoConfig>,
+    /// Seals upstream credentials. When unset an ephemeral key is generated with a
+    /// warning, and credentials sealed by an earlier run cannot be opened.
+    pub encryption_key: Option<SecretBytes>,
+    /// Keys API-key hashes. When unset an ephemeral pepper is generated with a warning,
+    /// and keys issued by an earlier run stop verifying.
+    pub key_pepper: Option<SecretBytes>,
+    /// Price catalog file; `None` picks the shared catalog or the embedded one.
+    pub price_catalog: Option<PathBuf>,
+    /// Largest request body relayed.
+    pub max_body_bytes: usize,
+    /// Upstream timeouts.
+    pub timeouts: UpstreamTimeouts,
+    /// Upstream accounts from the file and the environment.
+    pub accounts: Vec<AccountConfig>,
+}
+
+const DEFAULT_DATABASE: &str = "sqlite://relay.db";
+const DEFAULT_BIND: &str = "127.0.0.1:8080";
+
+fn decode_secret(
+    name: &'static str,
+    value: &str,
+    exact: Option<usize>,
+) -> Result<SecretBytes, ConfigError> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(value.trim())
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(value.trim()))
+        .map_err(|_| ConfigError::Secret {
+            name,
+            reason: "is not valid base64".into(),
+        })?;
+    match exact {
+        Some(n) if bytes.len() != n => Err(ConfigError::Secret {
+            name,
+            reason: format!("must decode to exactly {n} bytes (got {}); generate one with `openssl rand -base64 {n}`", bytes.len()),
+        }),
+        None if bytes.len() < 32 => Err(ConfigError::Secret {
+            name,
+            reason: format!("must decode to at least 32 bytes (got {}); generate one with `openssl rand -base64 32`", bytes.len()),
+        }),
+        _ => Ok(SecretBytes(bytes)),
+    }
+}
+
+fn env_accounts(
+    service: Service,
+    keys: Option<&str>,
+    base_url: Option<&str>,
+) -> Vec<AccountConfig> {
+    keys.unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .enumerate()
+        .map(|(i, key)| AccountConfig {
+            service,
+            name: format!("{}-env-{}", service.as_str(), i + 1),
+            key: key.to_owned(),
+            base_url: base_url.map(str::to_owned),
+            weight: 1,
+        })
+        .collect()
 }
 
 impl Config {
-    /// Validate parsed flags.
+    /// Validate parsed flags, reading the TOML file they name (if any) for what they leave
+    /// at its default.
+    pub fn load(args: &Args) -> Result<Self, ConfigError> {
+        let file = match &args.config_file {
+            None => FileConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::File {
+                    path: path.display().to_string(),
+                    reason: e.message().to_owned(),
+                })?
+            }
+        };
+        let mut merged = args.clone();
+        if merged.database_url == DEFAULT_DATABASE {
+            if let Some(db) = file.database_url {
+                merged.database_url = db;
+            }
+        }
+        if merged.bind == DEFAULT_BIND {
+            if let Some(bind) = file.bind {
+                merged.bind = bind;
+            }
+        }
+        merged.redis_url = merged.redis_url.or(file.redis_url);
+        merged.encryption_key = merged.encryption_key.or(file.encryption_key);
+        merged.key_pepper = merged.key_pepper.or(file.key_pepper);
+        merged.price_catalog = merged.price_catalog.or(file.price_catalog);
+        merged.max_body_bytes = merged.max_body_bytes.or(file.max_body_bytes);
+        merged.connect_timeout_secs = merged.connect_timeout_secs.or(file.connect_timeout_secs);
+        merged.idle_timeout_secs = merged.idle_timeout_secs.or(file.idle_timeout_secs);
+        let mut config = Self::from_args(&merged)?;
+        let mut accounts = file.accounts;
+        accounts.append(&mut config.accounts);
+        let mut seen = std::collections::HashSet::new();
+        for a in &accounts {
+            a.validate()?;
+            if !seen.insert(a.name.clone()) {
+                return Err(ConfigError::Account {
+                    name: a.name.clone(),
+                    reason: "two accounts have this name".into(),
+                });
+            }
+        }
+        config.accounts = accounts;
+        Ok(config)
+    }
+
+    /// Validate parsed flags (without reading a file).
     pub fn from_args(args: &Args) -> Result<Self, ConfigError> {
         let database = DatabaseUrl::parse(&args.database_url)?;
         let redis_url = match args.redis_url.as_deref().map(str::trim) {
@@ -130,10 +513,68 @@ impl Config {
             .trim()
             .parse()
             .map_err(|_| ConfigError::Bind(args.bind.clone()))?;
+        let demo = args.demo.then(|| DemoConfig {
+            key: args.demo_key.clone().filter(|k| !k.trim().is_empty()),
+            upstream: args.demo_upstream.clone().filter(|u| !u.trim().is_empty()),
+        });
+        let encryption_key = args
+            .encryption_key
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+            .map(|v| decode_secret("RELAY_ENCRYPTION_KEY", v, Some(32)))
+            .transpose()?;
+        let key_pepper = args
+            .key_pepper
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+            .map(|v| decode_secret("RELAY_KEY_PEPPER", v, None))
+            .transpose()?;
+        let max_body_bytes = args.max_body_bytes.unwrap_or(32 * 1024 * 1024);
+        if !(1024..=1024 * 1024 * 1024).contains(&max_body_bytes) {
+            return Err(ConfigError::Range {
+                name: "RELAY_MAX_BODY_BYTES",
+                expected: "between 1024 and 1073741824",
+            });
+        }
+        let secs = |v: Option<u64>, default: u64, name: &'static str| match v.unwrap_or(default) {
+            0 | 3601.. => Err(ConfigError::Range {
+                name,
+                expected: "between 1 and 3600 seconds",
+            }),
+            s => Ok(Duration::from_secs(s)),
+        };
+        let timeouts = UpstreamTimeouts {
+            connect: secs(args.connect_timeout_secs, 10, "RELAY_CONNECT_TIMEOUT_SECS")?,
+            idle: secs(args.idle_timeout_secs, 300, "RELAY_IDLE_TIMEOUT_SECS")?,
+        };
+        let mut accounts =
+            env_accounts(Service::Anthropic, args.anthropic_api_keys.as_deref(), None);
+        accounts.extend(env_accounts(
+            Service::Openai,
+            args.openai_api_keys.as_deref(),
+            args.openai_base_url
+                .as_deref()
+                .filter(|u| !u.trim().is_empty()),
+        ));
+        accounts.extend(env_accounts(
+            Service::Gemini,
+            args.gemini_api_keys.as_deref(),
+            None,
+        ));
+        for a in &accounts {
+            a.validate()?;
+        }
         Ok(Self {
             database,
             redis_url,
             bind,
+            demo,
+            encryption_key,
+            key_pepper,
+            price_catalog: args.price_catalog.clone(),
+            max_body_bytes,
+            timeouts,
+            accounts,
         })
     }
 }
@@ -147,6 +588,7 @@ mod tests {
             database_url: db.into(),
             redis_url: redis.map(Into::into),
             bind: bind.into(),
+            ..Args::default()
         }
     }
 

@@ -1,12 +1,23 @@
 //! The reference relay gateway, as a library so tests and embedders can build its router
 //! in-process. The `relay-server` binary is a thin wrapper around [`run`].
+//!
+//! A request to an LLM route passes `ApiKeyAuthLayer` (relay-auth), then the relay
+//! ([`upstream::Relay`]): an account is picked from the service's pool (weighted, sticky
+//! per conversation), the request is sent with that account's credential, and the response
+//! streams back unbuffered. See [`app::Gateway`] for the composition.
 #![warn(missing_docs)]
 
+pub mod app;
 pub mod config;
+pub mod db;
+pub mod demo;
+pub mod metrics;
 pub mod routes;
+pub mod upstream;
 
 use std::future::Future;
 
+pub use app::{AppState, Gateway};
 pub use config::{Config, ConfigError, DatabaseUrl};
 
 /// Why the server stopped with an error.
@@ -23,6 +34,9 @@ pub enum ServerError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// A dependency (database, Redis, catalog, seed) could not be set up.
+    #[error("start-up failed: {0}")]
+    Startup(String),
     /// Serving failed.
     #[error("server error: {0}")]
     Serve(#[from] std::io::Error),
@@ -40,13 +54,21 @@ pub async fn run(
             addr: config.bind,
             source,
         })?;
-    tracing::info!(addr = %config.bind, database = %config.database.redacted(), redis = config.redis_url.is_some(), "relay-server listening");
-    let app = routes::router();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let gateway = Gateway::build(&config).await?;
+    let addr = listener.local_addr().unwrap_or(config.bind);
+    tracing::info!(%addr, database = %config.database.redacted(), redis = config.redis_url.is_some(), prices = %gateway.price_source, "relay-server listening");
+    if let Some(seed) = &gateway.demo {
+        print_demo_banner(addr, &seed.key);
+    }
+    gateway.serve(listener, shutdown).await?;
     tracing::info!("relay-server stopped");
     Ok(())
+}
+
+fn print_demo_banner(addr: std::net::SocketAddr, key: &str) {
+    println!(
+        "\nrelay demo is up on http://{addr}\n  API key: {key}\n\n  curl http://{addr}/v1/messages -H 'x-api-key: {key}' -H 'content-type: application/json' \\\n    -d '{{\"model\":\"claude-sonnet-4-5\",\"max_tokens\":64,\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}'\n\n  Python: anthropic.Anthropic(base_url=\"http://{addr}\", api_key=\"{key}\")\n          openai.OpenAI(base_url=\"http://{addr}/v1\", api_key=\"{key}\")\n"
+    );
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -11,7 +11,7 @@ async fn main() -> std::process::ExitCode {
         )
         .init();
     let args = Args::parse();
-    let config = match Config::from_args(&args) {
+    let config = match Config::load(&args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("relay-server: invalid configuration: {e}");

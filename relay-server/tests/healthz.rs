@@ -10,10 +10,12 @@ async fn healthz_answers_and_shutdown_is_graceful() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
+    let dir = tempfile::tempdir().unwrap();
     let args = Args {
-        database_url: "sqlite://relay-test.db".into(),
+        database_url: format!("sqlite://{}", dir.path().join("relay-test.db").display()),
         redis_url: None,
         bind: format!("127.0.0.1:{port}"),
+        ..Args::default()
     };
     let config = Config::from_args(&args).unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -21,7 +23,7 @@ async fn healthz_answers_and_shutdown_is_graceful() {
         let _ = rx.await;
     }));
     let mut body = String::new();
-    for _ in 0..50 {
+    for _ in 0..500 {
         if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")

@@ -1,0 +1,319 @@
+//! Composition: configuration in, a serving gateway out.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use http::HeaderValue;
+use metrics_exporter_prometheus::PrometheusHandle;
+use relay_auth::{AccountService, ApiKeyAuthLayer, ApiKeyService, MemoryOutbox};
+use relay_core::{PriceBook, RequestId, SharedClock, SystemClock};
+use relay_usage::{Limiter, MemoryLimiter};
+use tracing::Instrument;
+
+use crate::config::{AccountConfig, Config};
+use crate::db::Database;
+use crate::demo::{DemoSeed, DemoUpstream};
+use crate::routes::models::{models_from_catalog, ModelEntry};
+use crate::routes::{llm, models, ops};
+use crate::upstream::{store as account_store, CredentialCipher, Pools, Relay};
+use crate::ServerError;
+
+/// The small catalog used when no other is found (the demo's models).
+pub const EMBEDDED_CATALOG: &str = include_str!("../data/demo_prices.json");
+
+/// Everything a request handler needs.
+pub struct AppState {
+    /// The durable store.
+    pub db: Database,
+    /// Redis, when configured.
+    pub redis: Option<redis::aio::ConnectionManager>,
+    /// API keys.
+    pub keys: Arc<ApiKeyService>,
+    /// Accounts.
+    pub accounts: Arc<AccountService>,
+    /// The limiter (memory or Redis).
+    pub limiter: Arc<dyn Limiter>,
+    /// Prices.
+    pub prices: Arc<PriceBook>,
+    /// Models offered by `/v1/models`.
+    pub models: Vec<ModelEntry>,
+    /// The relay.
+    pub relay: Relay,
+    /// Largest request body relayed.
+    pub max_body_bytes: usize,
+    /// Metrics, when the recorder could be installed.
+    pub metrics: Option<PrometheusHandle>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("db", &self.db)
+            .field("redis", &self.redis.is_some())
+            .field("limiter", &self.limiter)
+            .field("models", &self.models.len())
+            .field("relay", &self.relay)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A built gateway: its state, its router, and the demo parts when in demo mode.
+#[derive(Debug)]
+pub struct Gateway {
+    /// Shared state.
+    pub state: Arc<AppState>,
+    /// Demo seed (key and user), in demo mode.
+    pub demo: Option<DemoSeed>,
+    /// The in-process demo upstream, in demo mode without an external stand-in.
+    pub demo_upstream: Option<DemoUpstream>,
+    /// Where the catalog came from.
+    pub price_source: String,
+    flusher: tokio::task::JoinHandle<()>,
+}
+
+fn load_prices(
+    path: Option<&PathBuf>,
+) -> Result<(PriceBook, Vec<ModelEntry>, String), ServerError> {
+    let shared = PathBuf::from("../shared/data/model_prices.json");
+    let (text, source) = match path {
+        Some(p) => (
+            std::fs::read_to_string(p).map_err(|e| {
+                ServerError::Startup(format!("RELAY_PRICE_CATALOG {}: {e}", p.display()))
+            })?,
+            p.display().to_string(),
+        ),
+        None => match std::fs::read_to_string(&shared) {
+            Ok(t) => (t, shared.display().to_string()),
+            Err(_) => (
+                EMBEDDED_CATALOG.to_owned(),
+                "embedded demo catalog".to_owned(),
+            ),
+        },
+    };
+    let (book, skipped) = PriceBook::from_litellm_json(&text)
+        .map_err(|e| ServerError::Startup(format!("price catalog {source}: {e}")))?;
+    tracing::info!(models = book.len(), skipped = skipped.len(), %source, "price catalog loaded");
+    Ok((book, models_from_catalog(&text), source))
+}
+
+fn random_bytes<const N: usize>() -> Result<[u8; N], ServerError> {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; N];
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| ServerError::Startup("random number generator failed".into()))?;
+    Ok(b)
+}
+
+impl Gateway {
+    /// Connect, migrate, seed (demo), load accounts and prices, and build the router.
+    pub async fn build(config: &Config) -> Result<Self, ServerError> {
+        let clock: SharedClock = Arc::new(SystemClock);
+        let db = Database::connect(&config.database).await.map_err(|e| {
+            ServerError::Startup(format!("database {}: {e}", config.database.redacted()))
+        })?;
+        let (limiter, redis): (Arc<dyn Limiter>, _) = match &config.redis_url {
+            None => (Arc::new(MemoryLimiter::new(Arc::clone(&clock))), None),
+            Some(url) => {
+                let client = redis::Client::open(url.as_str())
+                    .map_err(|e| ServerError::Startup(format!("REDIS_URL: {e}")))?;
+                let conn = redis::aio::ConnectionManager::new(client)
+                    .await
+                    .map_err(|e| ServerError::Startup(format!("REDIS_URL: {e}")))?;
+                let limiter = relay_usage::limiter::redis::RedisLimiter::new(
+                    conn.clone(),
+                    Arc::clone(&clock),
+                );
+                (Arc::new(limiter), Some(conn))
+            }
+        };
+        let pepper = match &config.key_pepper {
+            Some(p) => p.0.clone(),
+            None => {
+                tracing::warn!("RELAY_KEY_PEPPER is not set: using a pepper for this run only; API keys will not verify after a restart");
+                random_bytes::<32>()?.to_vec()
+            }
+        };
+        let enc_key = match &config.encryption_key {
+            Some(k) => k.0.clone(),
+            None => {
+                tracing::warn!("RELAY_ENCRYPTION_KEY is not set: sealing upstream credentials with a key for this run only");
+                CredentialCipher::generate_key()
+                    .map_err(|e| ServerError::Startup(e.to_string()))?
+                    .to_vec()
+            }
+        };
+        let cipher =
+            CredentialCipher::new(&enc_key).map_err(|e| ServerError::Startup(e.to_string()))?;
+        let store = db.auth_store();
+        let keys = Arc::new(
+            ApiKeyService::new(Arc::clone(&store), &pepper, Arc::clone(&clock))
+                .map_err(|e| ServerError::Startup(e.to_string()))?,
+        );
+        let accounts = Arc::new(
+            AccountService::new(
+                Arc::clone(&store),
+                Arc::new(MemoryOutbox::new()),
+                Arc::clone(&clock),
+            )
+            .with_key_service(Arc::clone(&keys)),
+        );
+
+        // Demo: seed, and point one account per service at the stand-in.
+        let mut configured: Vec<AccountConfig> = config.accounts.clone();
+        let (demo, demo_upstream) = match &config.demo {
+            None => (None, None),
+            Some(demo) => {
+                let seed = crate::demo::seed(
+                    &accounts,
+                    &keys,
+                    &store,
+                    &pepper,
+                    demo.key.as_deref(),
+                    crate::demo::demo_policy(),
+                )
+                .await
+                .map_err(|e| ServerError::Startup(e.to_string()))?;
+                let (base, upstream) = match &demo.upstream {
+                    Some(url) => (url.trim_end_matches('/').to_owned(), None),
+                    None => {
+                        let up = DemoUpstream::start(SocketAddr::from(([127, 0, 0, 1], 0)), false)
+                            .await
+                            .map_err(|e| ServerError::Startup(format!("demo upstream: {e}")))?;
+                        (up.base_url(), Some(up))
+                    }
+                };
+                for service in relay_core::Service::ALL {
+                    configured.push(AccountConfig {
+                        service,
+                        name: format!("demo-{}", service.as_str()),
+                        key: format!("demo-key-{}", service.as_str()),
+                        base_url: Some(base.clone()),
+                        weight: 1,
+                    });
+                }
+                (Some(seed), upstream)
+            }
+        };
+        for a in &configured {
+            account_store::upsert(&db, &cipher, a)
+                .await
+                .map_err(|e| ServerError::Startup(e.to_string()))?;
+        }
+        let (loaded, unreadable) = account_store::load(&db, &cipher)
+            .await
+            .map_err(|e| ServerError::Startup(e.to_string()))?;
+        for u in &unreadable {
+            tracing::error!(account = %u.name, reason = %u.reason, "upstream account skipped");
+        }
+        tracing::info!(accounts = loaded.len(), "upstream accounts loaded");
+        let pools = Arc::new(Pools::new(&loaded));
+        let relay = Relay::new(pools, config.timeouts)
+            .map_err(|e| ServerError::Startup(format!("HTTP client: {e}")))?;
+        let (book, models, price_source) = load_prices(config.price_catalog.as_ref())?;
+        let flusher = keys.spawn_use_flusher(Duration::from_secs(5));
+        let state = Arc::new(AppState {
+            db,
+            redis,
+            keys,
+            accounts,
+            limiter,
+            prices: Arc::new(book),
+            models,
+            relay,
+            max_body_bytes: config.max_body_bytes,
+            metrics: crate::metrics::install(),
+        });
+        Ok(Self {
+            state,
+            demo,
+            demo_upstream,
+            price_source,
+            flusher,
+        })
+    }
+
+    /// The router: LLM routes behind authentication (and the policy and metering layers),
+    /// operations routes open, every response tagged with a request id and counted.
+    pub fn router(&self) -> Router {
+        let state = Arc::clone(&self.state);
+        let relayed = Router::new()
+            .route("/v1/messages", post(llm::messages))
+            .route("/v1/chat/completions", post(llm::chat_completions))
+            .route("/v1/responses", post(llm::responses))
+            .route("/v1beta/models/{target}", post(llm::gemini))
+            .layer(ApiKeyAuthLayer::new(Arc::clone(&state.keys)));
+        // Free upstream calls and listings: authenticated, not admitted or metered.
+        let unmetered = Router::new()
+            .route("/v1/messages/count_tokens", post(llm::count_tokens))
+            .route("/v1/models", get(models::list))
+            .layer(ApiKeyAuthLayer::new(Arc::clone(&state.keys)));
+        Router::new()
+            .merge(relayed)
+            .merge(unmetered)
+            .route("/healthz", get(ops::healthz))
+            .route("/readyz", get(ops::readyz))
+            .route("/metrics", get(ops::metrics))
+            .fallback(llm::not_found)
+            .with_state(state)
+            .layer(axum::middleware::from_fn(observe))
+    }
+
+    /// Serve on `listener` until `shutdown`, then drain in-flight requests (streams
+    /// included), flush buffered key uses, stop the demo upstream and close the database.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let app = self.router();
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await?;
+        tracing::info!("in-flight requests drained; flushing");
+        self.flusher.abort();
+        if let Err(e) = self.state.keys.flush_uses().await {
+            tracing::warn!(error = %e, "flushing API key uses at shutdown failed");
+        }
+        if let Some(up) = self.demo_upstream {
+            up.stop().await;
+        }
+        self.state.db.close().await;
+        Ok(())
+    }
+}
+
+/// Request id, tracing span and metrics around every request.
+async fn observe(mut req: Request, next: Next) -> Response {
+    let id = RequestId::new();
+    let route = crate::metrics::route_label(req.uri().path());
+    req.extensions_mut().insert(id.clone());
+    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), route);
+    let mut res = next.run(req).instrument(span).await;
+    let status = res.status().as_u16();
+    crate::metrics::request(route, status);
+    let llm = !matches!(route, "/healthz" | "/readyz" | "/metrics" | "other");
+    if llm {
+        match status {
+            401 => crate::metrics::denial("unauthenticated"),
+            402 => crate::metrics::denial("payment"),
+            403 => crate::metrics::denial("forbidden"),
+            429 => crate::metrics::denial("rate_limited"),
+            _ => {}
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(id.as_str()) {
+        res.headers_mut().insert("x-request-id", v);
+    }
+    res
+}

@@ -1,0 +1,124 @@
+//! The durable store: SQLite (embedded default) or PostgreSQL, with every crate's
+//! migrations applied at start-up.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use relay_auth::store::AuthStore;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{PgPool, SqlitePool};
+
+use crate::config::DatabaseUrl;
+
+const SQLITE_MIGRATIONS: &str = include_str!("../migrations/sqlite/0001_upstream_accounts.sql");
+const POSTGRES_MIGRATIONS: &str = include_str!("../migrations/postgres/0001_upstream_accounts.sql");
+
+/// Run relay-auth's migrations on a short-lived connection of their own, on a blocking
+/// thread with its own small runtime. Their futures are `Send` in fact, but rustc cannot
+/// prove it once they are awaited inside another `Send` future (sqlx's "`Executor` is not
+/// general enough" limitation with `&mut *tx`), and the server's start-up must be `Send`.
+/// (A `sqlite::memory:` database would be a different one per connection: use a file.)
+async fn migrate_auth(url: DatabaseUrl) -> Result<(), sqlx::Error> {
+    let job = move || -> Result<(), sqlx::Error> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(sqlx::Error::Io)?;
+        rt.block_on(async {
+            match &url {
+                DatabaseUrl::Sqlite(u) => {
+                    let opts = SqliteConnectOptions::from_str(u)?
+                        .create_if_missing(true)
+                        .journal_mode(SqliteJournalMode::Wal)
+                        .busy_timeout(Duration::from_secs(10));
+                    let pool = SqlitePoolOptions::new()
+                        .max_connections(1)
+                        .connect_with(opts)
+                        .await?;
+                    let done = relay_auth::store::sqlite::migrate(&pool).await;
+                    pool.close().await;
+                    done
+                }
+                DatabaseUrl::Postgres(u) => {
+                    let pool = PgPoolOptions::new()
+                        .max_connections(1)
+                        .connect_with(PgConnectOptions::from_str(u)?)
+                        .await?;
+                    let done = relay_auth::store::postgres::migrate(&pool).await;
+                    pool.close().await;
+                    done
+                }
+            }
+        })
+    };
+    tokio::task::spawn_blocking(job)
+        .await
+        .map_err(|e| sqlx::Error::Io(std::io::Error::other(e.to_string())))?
+}
+
+/// An open database.
+#[derive(Debug, Clone)]
+pub enum Database {
+    /// SQLite.
+    Sqlite(SqlitePool),
+    /// PostgreSQL.
+    Postgres(PgPool),
+}
+
+impl Database {
+    /// Connect (creating an SQLite file if missing) and migrate relay-auth's tables and the
+    /// server's own.
+    pub async fn connect(url: &DatabaseUrl) -> Result<Self, sqlx::Error> {
+        migrate_auth(url.clone()).await?;
+        match url {
+            DatabaseUrl::Sqlite(url) => {
+                let opts = SqliteConnectOptions::from_str(url)?
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .busy_timeout(Duration::from_secs(10));
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(8)
+                    .connect_with(opts)
+                    .await?;
+                sqlx::query(SQLITE_MIGRATIONS).execute(&pool).await?;
+                Ok(Database::Sqlite(pool))
+            }
+            DatabaseUrl::Postgres(url) => {
+                let opts = PgConnectOptions::from_str(url)?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(opts)
+                    .await?;
+                sqlx::query(POSTGRES_MIGRATIONS).execute(&pool).await?;
+                Ok(Database::Postgres(pool))
+            }
+        }
+    }
+
+    /// relay-auth's stores on this database.
+    pub fn auth_store(&self) -> Arc<dyn AuthStore> {
+        match self {
+            Database::Sqlite(p) => Arc::new(relay_auth::store::sqlite::SqliteStore::new(p.clone())),
+            Database::Postgres(p) => Arc::new(relay_auth::store::postgres::PgStore::new(p.clone())),
+        }
+    }
+
+    /// Is the database answering?
+    pub async fn ping(&self) -> bool {
+        match self {
+            Database::Sqlite(p) => sqlx::query("SELECT 1").execute(p).await.is_ok(),
+            Database::Postgres(p) => sqlx::query("SELECT 1").execute(p).await.is_ok(),
+        }
+    }
+
+    /// Close every connection.
+    pub async fn close(&self) {
+        match self {
+            Database::Sqlite(p) => p.close().await,
+            Database::Postgres(p) => p.close().await,
+        }
+    }
+}
