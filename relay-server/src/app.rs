@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::Request;
+use axum::extract::{ConnectInfo, Request};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -14,6 +14,9 @@ use http::HeaderValue;
 use metrics_exporter_prometheus::PrometheusHandle;
 use relay_auth::{AccountService, ApiKeyAuthLayer, ApiKeyService, MemoryOutbox};
 use relay_core::{PriceBook, RequestId, SharedClock, SystemClock};
+use relay_usage::layer::metering::MeteringLayer;
+use relay_usage::layer::policy::{ClientIp, PolicyLayer};
+use relay_usage::sink::MemoryUsageSink;
 use relay_usage::{Limiter, MemoryLimiter};
 use tracing::Instrument;
 
@@ -42,6 +45,10 @@ pub struct AppState {
     pub limiter: Arc<dyn Limiter>,
     /// Prices.
     pub prices: Arc<PriceBook>,
+    /// Where metered usage goes (observed in metrics).
+    pub sink: crate::sink::ObservedSink,
+    /// The in-memory aggregates and recent events behind `sink`.
+    pub usage: Arc<MemoryUsageSink>,
     /// Models offered by `/v1/models`.
     pub models: Vec<ModelEntry>,
     /// The relay.
@@ -219,6 +226,7 @@ impl Gateway {
             .map_err(|e| ServerError::Startup(format!("HTTP client: {e}")))?;
         let (book, models, price_source) = load_prices(config.price_catalog.as_ref())?;
         let flusher = keys.spawn_use_flusher(Duration::from_secs(5));
+        let (sink, usage) = crate::sink::ObservedSink::memory(1024);
         let state = Arc::new(AppState {
             db,
             redis,
@@ -226,6 +234,8 @@ impl Gateway {
             accounts,
             limiter,
             prices: Arc::new(book),
+            sink,
+            usage,
             models,
             relay,
             max_body_bytes: config.max_body_bytes,
@@ -240,15 +250,25 @@ impl Gateway {
         })
     }
 
-    /// The router: LLM routes behind authentication (and the policy and metering layers),
-    /// operations routes open, every response tagged with a request id and counted.
+    /// The router: LLM routes behind `ApiKeyAuthLayer` -> `PolicyLayer` -> `MeteringLayer`
+    /// -> relay, operations routes open, every response tagged with a request id and
+    /// counted.
     pub fn router(&self) -> Router {
         let state = Arc::clone(&self.state);
+        // Router::layer wraps what is above it: the last layer added runs first.
         let relayed = Router::new()
             .route("/v1/messages", post(llm::messages))
             .route("/v1/chat/completions", post(llm::chat_completions))
             .route("/v1/responses", post(llm::responses))
             .route("/v1beta/models/{target}", post(llm::gemini))
+            .layer(MeteringLayer::new(
+                Arc::clone(&state.prices),
+                Arc::new(state.sink.clone()),
+            ))
+            .layer(
+                PolicyLayer::new(Arc::clone(&state.limiter), Arc::clone(&state.prices))
+                    .with_max_body_bytes(state.max_body_bytes),
+            )
             .layer(ApiKeyAuthLayer::new(Arc::clone(&state.keys)));
         // Free upstream calls and listings: authenticated, not admitted or metered.
         let unmetered = Router::new()
@@ -298,6 +318,9 @@ async fn observe(mut req: Request, next: Next) -> Response {
     let id = RequestId::new();
     let route = crate::metrics::route_label(req.uri().path());
     req.extensions_mut().insert(id.clone());
+    if let Some(ConnectInfo(addr)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied() {
+        req.extensions_mut().insert(ClientIp(addr.ip()));
+    }
     let span = tracing::info_span!("request", request_id = %id, method = %req.method(), route);
     let mut res = next.run(req).instrument(span).await;
     let status = res.status().as_u16();

@@ -1,8 +1,8 @@
 //! The reference relay gateway, as a library so tests and embedders can build its router
 //! in-process. The `relay-server` binary is a thin wrapper around [`run`].
 //!
-//! A request to an LLM route passes `ApiKeyAuthLayer` (relay-auth), then the relay
-//! ([`upstream::Relay`]): an account is picked from the service's pool (weighted, sticky
+//! A request to an LLM route passes `ApiKeyAuthLayer` (relay-auth), `PolicyLayer` and
+//! `MeteringLayer` (relay-usage), then the relay ([`upstream::Relay`]): an account is picked from the service's pool (weighted, sticky
 //! per conversation), the request is sent with that account's credential, and the response
 //! streams back unbuffered. See [`app::Gateway`] for the composition.
 #![warn(missing_docs)]
@@ -13,6 +13,7 @@ pub mod db;
 pub mod demo;
 pub mod metrics;
 pub mod routes;
+pub mod sink;
 pub mod upstream;
 
 use std::future::Future;

@@ -253,9 +253,10 @@ fn into_response(res: reqwest::Response) -> Response<Body> {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         // Tell reverse proxies in front of us not to buffer the stream.
         headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    } else if let Some(len) = res.content_length() {
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     }
+    // No content-length, even when the upstream sent one: with it hyper stops polling the
+    // body after the last byte and drops it, and the metering body would take the missing
+    // end-of-stream for a client that went away.
     let body = Body::from_stream(stream::unfold(Some(res), |res| async move {
         let mut res = res?;
         match res.chunk().await {
