@@ -4,12 +4,19 @@
 //! month (bucketed in UTC) and the last events, for tests, examples and single-instance use.
 
 mod memory;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub mod sql;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use relay_core::{ApiKeyId, Money, RequestId, Service, Usage, UserId};
 
 pub use memory::{AggregateKey, Granularity, MemoryUsageSink, Scope, Totals};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use sql::{
+    DailyModelUsage, FlushReport, KeyTotals, SinkError, SqlUsageWriter, UsageRecordStore,
+    WriterConfig,
+};
 
 /// How metering of a response ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
