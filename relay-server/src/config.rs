@@ -636,4 +636,132 @@ mod tests {
                 .is_none()
         );
     }
+
+    #[test]
+    fn file_fills_defaults_and_accounts_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(
+            &path,
+            r#"
+database_url = "sqlite://from-file.db"
+bind = "127.0.0.1:9999"
+encryption_key = "AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwM="
+idle_timeout_secs = 60
+
+[[accounts]]
+service = "anthropic"
+name = "primary"
+key = "sk-ant-xyz"
+weight = 3
+
+[[accounts]]
+service = "openai"
+name = "compat"
+key = "sk-oai"
+base_url = "https://llm.example.com/v1/"
+"#,
+        )
+        .unwrap();
+        let a = Args {
+            config_file: Some(path.clone()),
+            bind: "127.0.0.1:7000".into(),
+            anthropic_api_keys: Some("k1, k2".into()),
+            ..Args::default()
+        };
+        let c = Config::load(&a).unwrap();
+        assert_eq!(
+            c.database,
+            DatabaseUrl::Sqlite("sqlite://from-file.db".into())
+        );
+        // The flag wins over the file.
+        assert_eq!(c.bind, "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(c.encryption_key.as_ref().map(|k| k.0.len()), Some(32));
+        assert_eq!(c.timeouts.idle, Duration::from_secs(60));
+        let names: Vec<&str> = c.accounts.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["primary", "compat", "anthropic-env-1", "anthropic-env-2"]
+        );
+        assert_eq!(c.accounts[1].base_url(), "https://llm.example.com/v1");
+        assert_eq!(c.accounts[0].weight, 3);
+        assert!(
+            !format!("{:?}", c).contains("sk-ant-xyz"),
+            "secret in Debug"
+        );
+
+        let bad = |toml: &str| {
+            std::fs::write(&path, toml).unwrap();
+            Config::load(&Args {
+                config_file: Some(path.clone()),
+                ..Args::default()
+            })
+            .unwrap_err()
+        };
+        let e =
+            bad("[[accounts]]\nservice = \"anthropic\"\nname = \"a\"\nkey = \"k\"\nweight = 0\n");
+        assert!(e.to_string().contains("weight"), "{e}");
+        let e = bad("[[accounts]]\nservice = \"mistral\"\nname = \"a\"\nkey = \"k\"\n");
+        assert!(e.to_string().contains("config file"), "{e}");
+        let e = bad("[[accounts]]\nservice = \"openai\"\nname = \"a\"\nkey = \"k\"\nbase_url = \"ftp://x\"\n");
+        assert!(e.to_string().contains("base_url"), "{e}");
+        let e = bad("[[accounts]]\nservice = \"openai\"\nname = \"a\"\nkey = \"k\"\n[[accounts]]\nservice = \"gemini\"\nname = \"a\"\nkey = \"k\"\n");
+        assert!(e.to_string().contains("two accounts"), "{e}");
+        let e = bad("surprise = 1\n");
+        assert!(e.to_string().contains("surprise"), "{e}");
+        let e = Config::load(&Args {
+            config_file: Some(dir.path().join("missing.toml")),
+            ..Args::default()
+        })
+        .unwrap_err();
+        assert!(matches!(e, ConfigError::File { .. }));
+    }
+
+    #[test]
+    fn secrets_and_ranges_are_validated_without_echoing_them() {
+        let e = Config::from_args(&Args {
+            encryption_key: Some("c2hvcnQ=".into()),
+            ..Args::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("exactly 32 bytes"), "{e}");
+        assert!(!e.to_string().contains("c2hvcnQ"));
+        let e = Config::from_args(&Args {
+            key_pepper: Some("!!not base64!!".into()),
+            ..Args::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("RELAY_KEY_PEPPER"), "{e}");
+        let e = Config::from_args(&Args {
+            max_body_bytes: Some(10),
+            ..Args::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("RELAY_MAX_BODY_BYTES"));
+        let e = Config::from_args(&Args {
+            connect_timeout_secs: Some(0),
+            ..Args::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("RELAY_CONNECT_TIMEOUT_SECS"));
+        let e = Config::from_args(&Args {
+            openai_api_keys: Some("bad\u{7}key".into()),
+            ..Args::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("control"), "{e}");
+        let c = Config::from_args(&Args {
+            demo: true,
+            demo_key: Some(" ".into()),
+            ..Args::default()
+        })
+        .unwrap();
+        assert_eq!(
+            c.demo,
+            Some(DemoConfig {
+                key: None,
+                upstream: None
+            })
+        );
+    }
 }
