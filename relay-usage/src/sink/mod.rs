@@ -4,6 +4,8 @@
 //! month (bucketed in UTC) and the last events, for tests, examples and single-instance use.
 
 mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub mod sql;
 
@@ -11,6 +13,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use relay_core::{ApiKeyId, Money, RequestId, Service, Usage, UserId};
 
+#[cfg(feature = "redis")]
+pub use self::redis::{AggregateStats, AggregatesConfig, RedisSinkError, RedisUsageAggregates};
 pub use memory::{AggregateKey, Granularity, MemoryUsageSink, Scope, Totals};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use sql::{
