@@ -341,3 +341,80 @@ async fn a_refused_event_does_not_block_its_batch() {
     assert!(store.record(&ids[5]).await.unwrap().is_some());
     writer.shutdown().await.unwrap();
 }
+
+/// PostgreSQL holding a lock on the records table (a slow database rather than a failing
+/// one: inserts wait instead of erroring): `record` waits for room, and once the lock is
+/// released every event lands exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_locked_table_applies_back_pressure() {
+    const CAPACITY: usize = 50;
+    const BATCH: usize = 20;
+    let Some((store, schema)) = postgres_store().await else {
+        return;
+    };
+    let writer = SqlUsageWriter::spawn(
+        store.clone(),
+        WriterConfig::default()
+            .with_queue_capacity(CAPACITY)
+            .with_max_batch(BATCH)
+            .with_flush_interval(Duration::from_millis(10)),
+    );
+    let mut lock = store.pool().begin().await.unwrap();
+    sqlx::query("LOCK TABLE usage_records IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+
+    let user = UserId::new();
+    let key = ApiKeyId::new();
+    let recorded = Arc::new(AtomicUsize::new(0));
+    let mut ids = Vec::new();
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let events: Vec<_> = (0..25)
+            .map(|_| {
+                event(
+                    &user,
+                    &key,
+                    "m",
+                    "0.000000001234567891",
+                    [1, 2, 3, 4, 5],
+                    Utc::now(),
+                )
+            })
+            .collect();
+        ids.extend(events.iter().map(|e| e.request_id.to_string()));
+        let (w, recorded) = (writer.clone(), recorded.clone());
+        tasks.push(tokio::spawn(async move {
+            for e in events {
+                w.record(e).await;
+                recorded.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    wait_until("a full queue", || writer.queued() == CAPACITY).await;
+    let accepted = recorded.load(Ordering::SeqCst);
+    assert!(accepted <= CAPACITY + BATCH, "{accepted} accepted");
+    assert!(
+        tasks.iter().any(|t| !t.is_finished()),
+        "recorders must be waiting"
+    );
+    assert_eq!(writer.report().written, 0);
+
+    lock.commit().await.unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let report = writer.shutdown().await.unwrap();
+    assert_eq!((report.written, report.duplicates), (500, 0));
+    let stored: Vec<String> = sqlx::query_scalar("SELECT request_id FROM usage_records")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 500);
+    assert_eq!(
+        stored.into_iter().collect::<HashSet<_>>(),
+        ids.into_iter().collect::<HashSet<_>>()
+    );
+    drop_schema(&store, &schema).await;
+}

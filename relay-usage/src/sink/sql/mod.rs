@@ -6,6 +6,27 @@
 //! event has waited the flush interval (1 s), when asked ([`SqlUsageWriter::flush`]) and on
 //! [`SqlUsageWriter::shutdown`], which drains everything accepted before it returns.
 //!
+//! ```no_run
+//! # #[cfg(feature = "sqlite")]
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use relay_usage::sink::sql::sqlite::{self, SqliteUsageStore};
+//! use relay_usage::sink::{SqlUsageWriter, UsageRecordStore, WriterConfig};
+//!
+//! let pool = sqlx::SqlitePool::connect("sqlite://relay.db?mode=rwc").await?;
+//! sqlite::migrate(&pool).await?;
+//! let store = Arc::new(SqliteUsageStore::new(pool));
+//! let writer = SqlUsageWriter::spawn(store.clone(), WriterConfig::default());
+//! // Hand `Arc::new(writer.clone())` to the metering layer as its `UsageSink`; then,
+//! // once the server has drained its requests:
+//! let report = writer.shutdown().await?;
+//! println!("{} usage records written", report.written);
+//! // A periodic job:
+//! store.rollup_day(chrono::Utc::now().date_naive()).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! ## Exactly once
 //!
 //! Every record is keyed by its request id (`PRIMARY KEY`, inserted with
