@@ -184,7 +184,7 @@ impl Gateway {
                     &store,
                     &pepper,
                     demo.key.as_deref(),
-                    crate::demo::demo_policy(),
+                    demo.policy.clone().unwrap_or_else(crate::demo::demo_policy),
                 )
                 .await
                 .map_err(|e| ServerError::Startup(e.to_string()))?;

@@ -9,6 +9,7 @@
 //! | `RELAY_DEMO` (`--demo`) | off | seed a demo user and key, relay every service to an in-process upstream |
 //! | `RELAY_DEMO_KEY` | random | the demo key's value (`rk_live_` + 43 base64url characters) |
 //! | `RELAY_DEMO_UPSTREAM` | in-process | demo mode: relay to this stand-in base URL instead |
+//! | `RELAY_DEMO_POLICY` | the demo plan | demo mode: the demo key's `KeyPolicy` as JSON |
 //! | `RELAY_ENCRYPTION_KEY` | generated per run, with a warning | base64 of 32 bytes: seals upstream credentials at rest (set it in production) |
 //! | `RELAY_KEY_PEPPER` | generated per run, with a warning | base64 of at least 32 bytes: keys API-key hashes (set it in production) |
 //! | `RELAY_PRICE_CATALOG` | `../shared/data/model_prices.json` when present, else a small embedded catalog | LiteLLM price catalog |
@@ -75,6 +76,9 @@ pub enum ConfigError {
         /// What is wrong.
         reason: String,
     },
+    /// `RELAY_DEMO_POLICY` is not a valid policy.
+    #[error("RELAY_DEMO_POLICY: {0}")]
+    Policy(String),
     /// A numeric setting is out of range.
     #[error("{name} must be {expected}")]
     Range {
@@ -114,6 +118,9 @@ pub struct Args {
     /// Demo mode: relay to this stand-in base URL instead of the in-process upstream.
     #[arg(long, env = "RELAY_DEMO_UPSTREAM")]
     pub demo_upstream: Option<String>,
+    /// Demo mode: the demo key's policy as JSON (a `KeyPolicy`), instead of the demo plan.
+    #[arg(long, env = "RELAY_DEMO_POLICY")]
+    pub demo_policy: Option<String>,
     /// Base64 of 32 bytes sealing upstream credentials at rest (AES-256-GCM).
     #[arg(long, env = "RELAY_ENCRYPTION_KEY", hide_env_values = true)]
     pub encryption_key: Option<String>,
@@ -156,6 +163,7 @@ impl Default for Args {
             demo: false,
             demo_key: None,
             demo_upstream: None,
+            demo_policy: None,
             encryption_key: None,
             key_pepper: None,
             price_catalog: None,
@@ -369,6 +377,8 @@ pub struct DemoConfig {
     pub key: Option<String>,
     /// An external stand-in upstream instead of the in-process one.
     pub upstream: Option<String>,
+    /// The demo key's policy, instead of the demo plan.
+    pub policy: Option<relay_core::KeyPolicy>,
 }
 
 /// Validated configuration.
@@ -513,9 +523,21 @@ impl Config {
             .trim()
             .parse()
             .map_err(|_| ConfigError::Bind(args.bind.clone()))?;
+        let demo_policy = match args.demo_policy.as_deref().filter(|p| !p.trim().is_empty()) {
+            None => None,
+            Some(json) => {
+                let policy: relay_core::KeyPolicy =
+                    serde_json::from_str(json).map_err(|e| ConfigError::Policy(e.to_string()))?;
+                policy
+                    .validate()
+                    .map_err(|e| ConfigError::Policy(e.to_string()))?;
+                Some(policy)
+            }
+        };
         let demo = args.demo.then(|| DemoConfig {
             key: args.demo_key.clone().filter(|k| !k.trim().is_empty()),
             upstream: args.demo_upstream.clone().filter(|u| !u.trim().is_empty()),
+            policy: demo_policy,
         });
         let encryption_key = args
             .encryption_key
@@ -760,8 +782,23 @@ base_url = "https://llm.example.com/v1/"
             c.demo,
             Some(DemoConfig {
                 key: None,
-                upstream: None
+                upstream: None,
+                policy: None
             })
         );
+        let e = Config::from_args(&Args {
+            demo: true,
+            demo_policy: Some(r#"{"concurrency":0}"#.into()),
+            ..Args::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("concurrency"), "{e}");
+        let c = Config::from_args(&Args {
+            demo: true,
+            demo_policy: Some(r#"{"concurrency":100}"#.into()),
+            ..Args::default()
+        })
+        .unwrap();
+        assert_eq!(c.demo.unwrap().policy.unwrap().concurrency, Some(100));
     }
 }
