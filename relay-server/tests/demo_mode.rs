@@ -40,15 +40,19 @@ async fn demo_mode_serves_the_fixed_key() {
     let res = http
         .post(format!("{url}/v1/messages"))
         .header("x-api-key", &key)
-        .json(&serde_json::json!({"model": "claude-sonnet-4-5", "max_tokens": 16, "stream": true,
-            "messages": [{"role": "user", "content": "Hello"}]}))
+        .json(
+            &serde_json::json!({"model": "claude-sonnet-4-5", "max_tokens": 16, "stream": true,
+            "messages": [{"role": "user", "content": "Hello"}]}),
+        )
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
     assert!(res.text().await.unwrap().contains("message_stop"));
     let res = http
-        .post(format!("{url}/v1beta/models/gemini-2.5-flash:generateContent?key={key}"))
+        .post(format!(
+            "{url}/v1beta/models/gemini-2.5-flash:generateContent?key={key}"
+        ))
         .json(&serde_json::json!({"contents": [{"parts": [{"text": "Hi"}]}]}))
         .send()
         .await
