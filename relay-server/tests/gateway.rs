@@ -417,6 +417,7 @@ async fn fails_over_to_another_account(backend: &Backend) {
         account(Service::Anthropic, "broken", "demo-fail-500", 1),
         account(Service::Anthropic, "healthy", "good-key", 1),
         account(Service::Openai, "only-broken", "demo-fail-500", 1),
+        account(Service::Gemini, "revoked", "demo-unauthorized", 1),
     ];
     let s = TestServer::start(backend, Some(accounts)).await;
     let (key, _) = s.key(KeyPolicy::default()).await;
@@ -476,11 +477,27 @@ async fn fails_over_to_another_account(backend: &Backend) {
         .await
         .unwrap();
     assert_eq!(res.status(), 500);
+    res.bytes().await.unwrap();
+    // An upstream refusing our credential is a 502 for the client, not a 401.
+    let res = s
+        .http
+        .post(s.url("/v1beta/models/gemini-2.5-flash:generateContent"))
+        .header("x-goog-api-key", &key)
+        .json(&json!({"contents": [{"parts": [{"text": "Hi"}]}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 502);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"]["status"],
+        "INTERNAL"
+    );
     // Failed upstream answers are not charged.
-    let events = s.events(8).await;
-    let last = events.last().unwrap();
-    assert_eq!(last.outcome, MeterOutcome::UpstreamStatus);
-    assert!(last.cost.amount().is_zero());
+    let events = s.events(9).await;
+    assert_eq!(events.len(), 9, "{events:?}");
+    for failed in &events[7..] {
+        assert!(failed.cost.amount().is_zero(), "{failed:?}");
+    }
     s.stop().await;
 }
 

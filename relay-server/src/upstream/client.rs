@@ -221,6 +221,13 @@ impl Relay {
                             {
                                 continue;
                             }
+                            if failure == Failure::Unauthorized {
+                                // Our credential was refused, not the client's: never pass
+                                // an upstream 401/403 on as if the client's key were bad.
+                                return Err(RelayError::Unreachable(
+                                    "the upstream refused this gateway's credentials".into(),
+                                ));
+                            }
                             // Nobody left to try: the client gets the upstream's own answer.
                             return Ok(into_response(res));
                         }
