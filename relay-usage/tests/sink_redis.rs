@@ -399,6 +399,11 @@ async fn unreachable_redis_reports_unflushed_events() {
         agg.record(event(&user, &key, "m", "1", 1, Utc::now()))
             .await;
     }
+    let flushed = agg.flush(Duration::from_millis(100)).await;
+    assert!(
+        matches!(flushed, Err(RedisSinkError::Unflushed { events: 10 })),
+        "{flushed:?}"
+    );
     let result = agg.shutdown().await;
     assert!(
         matches!(result, Err(RedisSinkError::Unflushed { events: 10 })),
@@ -410,4 +415,49 @@ async fn unreachable_redis_reports_unflushed_events() {
         (10, 0, 0)
     );
     assert!(stats.retries >= 1);
+}
+
+/// Throughput figures (not a pass/fail test): `cargo test --release --features redis
+/// --test sink_redis figures -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "prints throughput figures"]
+async fn figures() {
+    const N: u64 = 200_000;
+    let Some((agg, _)) = aggregates(config()).await else {
+        return;
+    };
+    let users: Vec<UserId> = (0..100).map(|_| UserId::new()).collect();
+    let keys: Vec<ApiKeyId> = (0..200).map(|_| ApiKeyId::new()).collect();
+    let at = Utc::now();
+    let start = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..16u64 {
+        let (agg, users, keys) = (agg.clone(), users.clone(), keys.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..N / 16 {
+                let j = usize::try_from(t * N + i).unwrap();
+                agg.record(event(
+                    &users[j % 100],
+                    &keys[j % 200],
+                    ["a", "b", "c"][j % 3],
+                    "0.000123",
+                    10,
+                    at,
+                ))
+                .await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let recorded = start.elapsed();
+    let stats = agg.shutdown().await.unwrap();
+    let took = start.elapsed();
+    println!(
+        "redis aggregates: {N} events recorded in {recorded:.2?} ({:.0}/s), all in Redis after {took:.2?}; {} round trips ({:.0} events per round trip)",
+        N as f64 / recorded.as_secs_f64(),
+        stats.round_trips,
+        N as f64 / stats.round_trips as f64
+    );
 }

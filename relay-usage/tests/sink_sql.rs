@@ -418,3 +418,60 @@ async fn postgres_locked_table_applies_back_pressure() {
     );
     drop_schema(&store, &schema).await;
 }
+
+/// Throughput figures (not a pass/fail test): `cargo test --release --features
+/// sqlite,postgres,redis --test sink_sql figures -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "prints throughput figures"]
+async fn figures() {
+    const N: usize = 50_000;
+    async fn run(name: &str, store: Arc<dyn UsageRecordStore>) {
+        let writer = SqlUsageWriter::spawn(store.clone(), WriterConfig::default());
+        let user = UserId::new();
+        let key = ApiKeyId::new();
+        let events: Vec<_> = (0..N)
+            .map(|_| {
+                event(
+                    &user,
+                    &key,
+                    "m",
+                    "0.000123456",
+                    [1000, 200, 0, 0, 50],
+                    Utc::now(),
+                )
+            })
+            .collect();
+        let start = std::time::Instant::now();
+        let mut tasks = Vec::new();
+        for chunk in events.chunks(N / 16) {
+            let (w, chunk) = (writer.clone(), chunk.to_vec());
+            tasks.push(tokio::spawn(async move {
+                for e in chunk {
+                    w.record(e).await;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let report = writer.shutdown().await.unwrap();
+        let took = start.elapsed();
+        assert_eq!(report.written, N as u64);
+        let day = Utc::now().date_naive();
+        let rollup_start = std::time::Instant::now();
+        store.rollup_day(day).await.unwrap();
+        println!(
+            "{name}: {N} events in {:.2?} ({:.0} events/s, {} batches); rollup of the day {:.2?}",
+            took,
+            N as f64 / took.as_secs_f64(),
+            report.batches,
+            rollup_start.elapsed()
+        );
+    }
+    let (store, _dir) = sqlite_store(Duration::from_secs(5)).await;
+    run("sqlite (WAL file)", store).await;
+    if let Some((store, schema)) = postgres_store().await {
+        run("postgres", store.clone()).await;
+        drop_schema(&store, &schema).await;
+    }
+}

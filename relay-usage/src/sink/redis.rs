@@ -103,7 +103,8 @@ pub enum RedisSinkError {
     /// Shutdown reached its deadline with sums still unwritten (Redis stayed unreachable).
     #[error("{events} usage events were not added to the Redis aggregates before the deadline")]
     Unflushed {
-        /// Events whose sums were not written.
+        /// Events known not to be written yet (those held by a concurrent flush that is
+        /// still retrying are not counted).
         events: u64,
     },
 }
@@ -493,7 +494,7 @@ impl UsageSink for RedisUsageAggregates {
             Scope::User(event.user_id.to_string()),
             Scope::Model(event.model.clone()),
         ];
-        let keys: Vec<(String, u64)> = scopes
+        let mut keys: Vec<(String, u64)> = scopes
             .iter()
             .flat_map(|scope| {
                 [
@@ -514,9 +515,9 @@ impl UsageSink for RedisUsageAggregates {
             let wake = {
                 let mut pending = inner.pending.lock();
                 if pending.sums.len() < inner.max_pending_hashes {
-                    for (key, ttl) in &keys {
-                        let sums = pending.sums.entry(key.clone()).or_default();
-                        sums.ttl_secs = *ttl;
+                    for (key, ttl) in keys.drain(..) {
+                        let sums = pending.sums.entry(key).or_default();
+                        sums.ttl_secs = ttl;
                         sums.add(&event.usage, currency, units);
                     }
                     pending.events += 1;
@@ -563,7 +564,18 @@ async fn flusher(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
 /// ones are applied, which keeps memory bounded while Redis is down and keeps each
 /// chunk's id tied to exactly its sums.
 async fn flush_pending(inner: &Inner, deadline: Option<Instant>) -> Result<(), RedisSinkError> {
-    let mut unfinished = inner.unfinished.lock().await;
+    // The background flusher may hold the lock while Redis is down: wait at most until
+    // the deadline for it.
+    let mut unfinished = match deadline {
+        Some(d) => match tokio::time::timeout_at(d, inner.unfinished.lock()).await {
+            Ok(guard) => guard,
+            Err(_) => {
+                let events = inner.pending.lock().events;
+                return Err(RedisSinkError::Unflushed { events });
+            }
+        },
+        None => inner.unfinished.lock().await,
+    };
     let mut took = false;
     loop {
         let mut backoff = inner.retry_initial;
