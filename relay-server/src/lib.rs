@@ -2,7 +2,10 @@
 //! in-process. The `relay-server` binary is a thin wrapper around [`run`].
 #![warn(missing_docs)]
 
+pub mod audit;
 pub mod config;
+pub mod jobs;
+pub mod notify;
 pub mod routes;
 
 use std::future::Future;
