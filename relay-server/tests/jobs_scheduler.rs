@@ -74,13 +74,15 @@ async fn once_per_tick(claims: Vec<Arc<dyn RunClaims>>, clock: Arc<ManualClock>,
                         }),
                         Duration::from_secs(60),
                     )
+                    .expect("job")
                     .with_job(
                         Arc::new(Counting {
                             name: "every_five",
                             runs: five.clone(),
                         }),
                         Duration::from_secs(300),
-                    ),
+                    )
+                    .expect("job"),
             )
         })
         .collect();
@@ -321,7 +323,8 @@ async fn billing_expiry_job_is_idempotent_across_instances() {
                 .with_job(
                     Arc::new(BillingJob::new(billing.clone(), BillingTask::Expiry)),
                     Duration::from_secs(60),
-                ),
+                )
+                .expect("job"),
         )
     };
     let (a, b) = (make("a"), make("b"));
@@ -363,13 +366,17 @@ async fn spawned_scheduler_runs_and_shuts_down() {
             .expect("claims"),
     );
     let runs = Arc::new(AtomicU64::new(0));
-    let scheduler = Arc::new(JobScheduler::new(claims.clone(), clock).with_job(
-        Arc::new(Counting {
-            name: "spawned",
-            runs: runs.clone(),
-        }),
-        Duration::from_secs(3600),
-    ));
+    let scheduler = Arc::new(
+        JobScheduler::new(claims.clone(), clock)
+            .with_job(
+                Arc::new(Counting {
+                    name: "spawned",
+                    runs: runs.clone(),
+                }),
+                Duration::from_secs(3600),
+            )
+            .expect("job"),
+    );
     assert_eq!(scheduler.job_names(), vec!["spawned".to_owned()]);
     let handle = scheduler.spawn();
     // The first interval tick fires at once; wait for its run to be recorded.
@@ -383,4 +390,96 @@ async fn spawned_scheduler_runs_and_shuts_down() {
     scheduler.shutdown();
     handle.await.expect("stopped cleanly");
     assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn bad_job_settings_are_refused_and_closures_run_as_jobs() {
+    use relay_server::jobs::{FnJob, JobError, JobFuture};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pool = sqlite_pool(&dir).await;
+    let clock = manual_clock();
+    let shared: SharedClock = clock.clone();
+    let claims = Arc::new(
+        SqlRunClaims::open(pool, shared.clone())
+            .await
+            .expect("claims"),
+    );
+    let calls = Arc::new(AtomicU64::new(0));
+    let c = calls.clone();
+    let cleanup = move || -> JobFuture {
+        let c = c.clone();
+        Box::pin(async move {
+            c.fetch_add(1, Ordering::SeqCst);
+            Ok(JobReport {
+                changed: 3,
+                ..JobReport::default()
+            })
+        })
+    };
+    let scheduler = JobScheduler::new(claims.clone(), shared.clone())
+        .with_job(
+            Arc::new(FnJob::new("auth_cleanup", cleanup.clone())),
+            Duration::from_secs(60),
+        )
+        .expect("job");
+
+    let invalid = |r: Result<JobScheduler, JobError>| match r {
+        Err(JobError::Invalid(m)) => m,
+        Err(e) => panic!("expected a validation error, got {e}"),
+        Ok(_) => panic!("expected a validation error"),
+    };
+    let dup = JobScheduler::new(claims.clone(), shared.clone())
+        .with_job(
+            Arc::new(FnJob::new("auth_cleanup", cleanup.clone())),
+            Duration::from_secs(60),
+        )
+        .expect("job")
+        .with_job(
+            Arc::new(FnJob::new("auth_cleanup", cleanup.clone())),
+            Duration::from_secs(60),
+        );
+    assert!(invalid(dup).contains("already scheduled"));
+    let empty = JobScheduler::new(claims.clone(), shared.clone()).with_job(
+        Arc::new(FnJob::new(" ", cleanup.clone())),
+        Duration::from_secs(60),
+    );
+    assert!(invalid(empty).contains("1 to 100 characters"));
+    let fast = JobScheduler::new(claims.clone(), shared.clone()).with_job(
+        Arc::new(FnJob::new("fast", cleanup.clone())),
+        Duration::from_millis(10),
+    );
+    assert!(invalid(fast).contains("at least one second"));
+
+    let run = scheduler.run_job("auth_cleanup").await.expect("job");
+    assert_eq!(
+        run.outcome,
+        RunOutcome::Ran(JobReport {
+            changed: 3,
+            ..JobReport::default()
+        })
+    );
+    // Same tick again: already claimed (by this very instance), not run twice.
+    let again = scheduler.run_job("auth_cleanup").await.expect("job");
+    assert_eq!(again.outcome, RunOutcome::ClaimedElsewhere);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    // A failing job is reported and recorded as failed.
+    let failing = JobScheduler::new(claims.clone(), shared)
+        .with_job(
+            Arc::new(FnJob::new("broken", || -> JobFuture {
+                Box::pin(async { Err("database is on fire".to_owned()) })
+            })),
+            Duration::from_secs(60),
+        )
+        .expect("job");
+    let run = failing.run_job("broken").await.expect("job");
+    assert_eq!(
+        run.outcome,
+        RunOutcome::Failed("database is on fire".into())
+    );
+    let recorded = claims.runs("broken").await.expect("runs");
+    assert_eq!(
+        recorded[0].2.as_deref(),
+        Some("failed: database is on fire")
+    );
 }

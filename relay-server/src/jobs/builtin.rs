@@ -199,3 +199,49 @@ impl Job for PaymentReconcileJob {
         Ok(report)
     }
 }
+
+/// The future a [`FnJob`] returns.
+pub type JobFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<JobReport, String>> + Send>>;
+
+/// A job from a closure: for work whose owner has no job type of its own (for example
+/// purging expired sessions and tokens once relay-auth offers it).
+pub struct FnJob<F> {
+    name: String,
+    run: F,
+}
+
+impl<F> FnJob<F>
+where
+    F: Fn() -> JobFuture + Send + Sync + 'static,
+{
+    /// A job called `name` that runs `run`.
+    pub fn new(name: impl Into<String>, run: F) -> Self {
+        Self {
+            name: name.into(),
+            run,
+        }
+    }
+}
+
+impl<F> std::fmt::Debug for FnJob<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FnJob")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl<F> Job for FnJob<F>
+where
+    F: Fn() -> JobFuture + Send + Sync + 'static,
+{
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn run(&self) -> Result<JobReport, String> {
+        (self.run)().await
+    }
+}

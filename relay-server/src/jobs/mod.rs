@@ -17,9 +17,9 @@
 //! let claims = Arc::new(SqlRunClaims::open(pool, clock.clone()).await?);
 //! let scheduler = Arc::new(
 //!     JobScheduler::new(claims, clock)
-//!         .with_job(Arc::new(BillingJob::new(billing.clone(), BillingTask::Renewals)), Duration::from_secs(60))
-//!         .with_job(Arc::new(BillingJob::new(billing.clone(), BillingTask::Expiry)), Duration::from_secs(60))
-//!         .with_job(Arc::new(BillingJob::new(billing, BillingTask::Dunning)), Duration::from_secs(300)),
+//!         .with_job(Arc::new(BillingJob::new(billing.clone(), BillingTask::Renewals)), Duration::from_secs(60))?
+//!         .with_job(Arc::new(BillingJob::new(billing.clone(), BillingTask::Expiry)), Duration::from_secs(60))?
+//!         .with_job(Arc::new(BillingJob::new(billing, BillingTask::Dunning)), Duration::from_secs(300))?,
 //! );
 //! let handle = scheduler.spawn();
 //! // ... at shutdown:
@@ -40,7 +40,8 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
 pub use builtin::{
-    BillingJob, BillingTask, LedgerReconcileJob, PaymentReconcileJob, UsageFlushJob,
+    BillingJob, BillingTask, FnJob, JobFuture, LedgerReconcileJob, PaymentReconcileJob,
+    UsageFlushJob,
 };
 pub use claims::{migrate, Claim, RedisRunClaims, RunClaims, SqlRunClaims};
 pub use relay_billing::jobs::JobReport;
@@ -145,13 +146,28 @@ impl JobScheduler {
         self
     }
 
-    /// Run `job` every `period` (at least one second; shorter periods are raised to it).
-    pub fn with_job(mut self, job: Arc<dyn Job>, period: Duration) -> Self {
-        self.jobs.push(Scheduled {
-            job,
-            period: period.max(Duration::from_secs(1)),
-        });
-        self
+    /// Run `job` every `period`. Refused: an empty or over-long name (1 to 100
+    /// characters), a name already scheduled (claims are keyed by name), a period under
+    /// one second.
+    pub fn with_job(mut self, job: Arc<dyn Job>, period: Duration) -> Result<Self, JobError> {
+        let name = job.name();
+        if name.trim().is_empty() || name.len() > 100 {
+            return Err(JobError::Invalid(format!(
+                "job name `{name}` must be 1 to 100 characters"
+            )));
+        }
+        if self.jobs.iter().any(|s| s.job.name() == name) {
+            return Err(JobError::Invalid(format!(
+                "job `{name}` is already scheduled"
+            )));
+        }
+        if period < Duration::from_secs(1) {
+            return Err(JobError::Invalid(format!(
+                "period of job `{name}` must be at least one second, got {period:?}"
+            )));
+        }
+        self.jobs.push(Scheduled { job, period });
+        Ok(self)
     }
 
     /// This instance's name.
