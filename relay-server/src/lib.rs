@@ -8,10 +8,13 @@
 #![warn(missing_docs)]
 
 pub mod app;
+pub mod audit;
 pub mod config;
 pub mod db;
 pub mod demo;
+pub mod jobs;
 pub mod metrics;
+pub mod notify;
 pub mod routes;
 pub mod sink;
 pub mod upstream;
