@@ -2,6 +2,7 @@
 //! in-process. The `relay-server` binary is a thin wrapper around [`run`].
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod config;
 pub mod routes;
 
