@@ -99,7 +99,6 @@ async fn start_checkout(
     let order = s.billing.create_order(&user.id, purpose, amount).await?;
     let mut req = CheckoutRequest::one_off(order.id.clone(), amount, description);
     req.customer_email = Some(user.email.to_string());
-    req.customer_reference = Some(user.id.to_string());
     req.expires_at = Some(order.expires_at);
     req.success_url = urls.0;
     req.cancel_url = urls.1;
