@@ -275,7 +275,8 @@ impl RangeQuery {
         &self,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>), ApiError> {
-        let to = self.to.unwrap_or(now);
+        // Default end just after now, so what happened this instant is included.
+        let to = self.to.unwrap_or(now + chrono::Duration::seconds(1));
         let from = self.from.unwrap_or(to - chrono::Duration::days(30));
         if from >= to {
             return Err(ApiError::invalid("from", "`from` must be before `to`"));
