@@ -206,6 +206,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/admin/users/{id}/status", post(users::set_status))
         .route("/admin/users/{id}/role", post(users::set_role))
         .route("/admin/users/{id}/orders", get(orders::of_user))
+        .route("/admin/users/{id}/ledger", get(orders::ledger_of_user))
+        .route("/admin/users/{id}/invoices", get(orders::invoices_of_user))
         .route(
             "/admin/users/{id}/subscription",
             get(subscriptions::of_user),
@@ -287,6 +289,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/admin/users/{id}/status"),
     ("POST", "/api/admin/users/{id}/role"),
     ("GET", "/api/admin/users/{id}/orders"),
+    ("GET", "/api/admin/users/{id}/ledger"),
+    ("GET", "/api/admin/users/{id}/invoices"),
     ("GET", "/api/admin/users/{id}/subscription"),
     ("POST", "/api/admin/users/{id}/adjust"),
     ("POST", "/api/admin/users/{id}/top-up"),

@@ -12,6 +12,35 @@ use crate::api::error::{ApiError, ApiResult, ErrorBody};
 use crate::api::extract::{parse_id, Admin, ApiJson};
 use crate::api::ApiState;
 
+/// The body of plan creation and revision: relay-billing's `PlanSpec` (documented here).
+#[derive(Debug, utoipa::ToSchema)]
+#[schema(as = PlanSpec)]
+#[allow(dead_code)] // only its schema is used; the handlers deserialize `PlanSpec`
+pub struct PlanSpecSchema {
+    /// Display name (1 to 100 characters).
+    name: String,
+    /// Price of one period.
+    price: crate::api::dto::MoneyDto,
+    /// `{"kind":"monthly"}`, `{"kind":"yearly"}`, `{"kind":"one_off"}` or
+    /// `{"kind":"days","days":30}`.
+    #[schema(value_type = Object)]
+    period: serde_json::Value,
+    /// Free days before the first charge (0 to 365).
+    trial_days: u32,
+    /// Model patterns the plan includes (`claude-*`).
+    included_models: Vec<String>,
+    /// relay-core `KeyPolicy` template for the subscriber's keys.
+    #[schema(value_type = Object)]
+    policy: serde_json::Value,
+    /// Usage credit included per period.
+    included_credit: crate::api::dto::MoneyDto,
+    /// `{"allowed": true, "multiplier": "1.2"}`.
+    #[schema(value_type = Object)]
+    overage: serde_json::Value,
+    /// Keys a subscriber may hold (1 to 1000).
+    max_keys: u32,
+}
+
 /// The field a plan validation message is about.
 fn plan_field(message: &str) -> &'static str {
     const FIELDS: &[(&str, &str)] = &[
@@ -51,7 +80,7 @@ pub async fn list(State(s): State<ApiState>, admin: Admin) -> ApiResult<Json<Vec
 }
 
 /// Create a plan (its first version). The body is relay-billing's `PlanSpec`.
-#[utoipa::path(post, path = "/api/admin/plans", tag = "admin", request_body = Object,
+#[utoipa::path(post, path = "/api/admin/plans", tag = "admin", request_body = PlanSpecSchema,
     responses((status = 201, body = PlanDto), (status = "4XX", body = ErrorBody)))]
 pub async fn create(
     State(s): State<ApiState>,
@@ -69,7 +98,7 @@ pub async fn create(
 }
 
 /// Revise a plan: a new version; the old one is archived, its subscribers keep it.
-#[utoipa::path(put, path = "/api/admin/plans/{id}", tag = "admin", request_body = Object,
+#[utoipa::path(put, path = "/api/admin/plans/{id}", tag = "admin", request_body = PlanSpecSchema,
     params(("id" = String, Path, description = "plan version id")),
     responses((status = 201, body = PlanDto), (status = "4XX", body = ErrorBody)))]
 pub async fn revise(
