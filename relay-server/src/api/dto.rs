@@ -434,8 +434,8 @@ pub struct UsageRowDto {
     pub requests: u64,
     /// Cost at list price.
     pub cost: MoneyDto,
-    /// Charged to the wallet.
-    pub charged: MoneyDto,
+    /// Charged to the wallet, when the source knows it.
+    pub charged: Option<MoneyDto>,
 }
 
 /// Everything stored about the user (data export).

@@ -82,7 +82,7 @@ pub async fn usage_by_day(
             model: "*".into(),
             requests,
             cost: cost.into(),
-            charged: charged.into(),
+            charged: Some(charged.into()),
         })
         .collect())
 }

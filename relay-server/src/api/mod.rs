@@ -13,6 +13,7 @@ pub mod extract;
 pub mod listing;
 pub mod openapi;
 pub mod security;
+pub mod usage_report;
 pub mod user;
 pub mod webhooks;
 
@@ -93,6 +94,8 @@ pub struct ApiState {
     pub billing: Arc<Billing>,
     /// Billing's SQL store, for listings its trait lacks (see [`listing`]).
     pub billing_sql: Arc<SqlBillingStore>,
+    /// Where usage by day and model comes from.
+    pub usage: Arc<dyn usage_report::UsageReport>,
     /// Checkout providers by name (`stripe`, `alipay`, `wechat`, ...).
     pub providers: Arc<BTreeMap<String, Arc<dyn PaymentProvider>>>,
     /// Manual payments recorded by admins.
@@ -126,6 +129,7 @@ impl ApiState {
             accounts,
             keys,
             billing,
+            usage: Arc::new(usage_report::BillingUsageReport(billing_sql.clone())),
             billing_sql,
             providers: Arc::new(BTreeMap::new()),
             manual: Arc::new(ManualProvider::new(clock.clone())),
@@ -141,6 +145,12 @@ impl ApiState {
         let mut map = (*self.providers).clone();
         map.insert(provider.name().to_owned(), provider);
         self.providers = Arc::new(map);
+        self
+    }
+
+    /// Read usage from `report` (for example relay-usage's durable records).
+    pub fn with_usage_report(mut self, report: Arc<dyn usage_report::UsageReport>) -> Self {
+        self.usage = report;
         self
     }
 

@@ -310,13 +310,14 @@ pub async fn export(State(s): State<ApiState>, me: Session) -> ApiResult<Respons
     let ledger = store.transactions(Some(&user.id)).await?;
     let subscription = store.latest_subscription(&user.id).await?;
     let now = s.clock.now();
-    let usage = listing::usage_by_day(
-        &s.billing_sql,
-        &user.id,
-        user.created_at - chrono::Duration::days(1),
-        now + chrono::Duration::days(1),
-    )
-    .await?;
+    let usage = s
+        .usage
+        .usage_by_day(
+            &user.id,
+            user.created_at - chrono::Duration::days(1),
+            now + chrono::Duration::days(1),
+        )
+        .await?;
     let history = s
         .accounts
         .store()

@@ -10,7 +10,7 @@ use utoipa::IntoParams;
 use crate::api::dto::UsageRowDto;
 use crate::api::error::{ApiError, ApiResult, ErrorBody};
 use crate::api::extract::{ApiQuery, RangeQuery, Session};
-use crate::api::{listing, ApiState};
+use crate::api::ApiState;
 
 /// Range and format.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -33,7 +33,12 @@ pub fn to_csv(rows: &[UsageRowDto]) -> String {
         let model = format!("\"{}\"", r.model.replace('"', "\"\""));
         out.push_str(&format!(
             "{},{},{},{},{},{}\n",
-            r.day, model, r.requests, r.cost.amount, r.charged.amount, r.cost.currency
+            r.day,
+            model,
+            r.requests,
+            r.cost.amount,
+            r.charged.as_ref().map_or("", |c| c.amount.as_str()),
+            r.cost.currency
         ));
     }
     out
@@ -53,7 +58,7 @@ pub async fn usage(
         to: q.to,
     }
     .resolve(s.clock.now())?;
-    let rows = listing::usage_by_day(&s.billing_sql, &me.user.user.id, from, to).await?;
+    let rows = s.usage.usage_by_day(&me.user.user.id, from, to).await?;
     match q.format.as_deref() {
         None | Some("json") => Ok(Json(rows).into_response()),
         Some("csv") => {
