@@ -452,3 +452,36 @@ async fn concurrent_webhooks_and_key_creation() {
     let keys = h.ok("GET", "/api/user/keys", Some(&user), None).await;
     assert_eq!(keys.as_array().unwrap().len(), 3);
 }
+
+#[tokio::test]
+async fn per_ip_limits_use_the_forwarded_address_when_trusted() {
+    let config = relay_server::api::ApiConfig {
+        register_limit: RateLimit::new(1, Duration::from_secs(60)),
+        trust_forwarded_for: true,
+        ..api_support::test_config()
+    };
+    let h = Harness::with(Backend::Memory, config).await.unwrap();
+    let register = |ip: &str, email: &str| {
+        Request::builder()
+            .method("POST")
+            .uri("/api/user/register")
+            .header("content-type", "application/json")
+            .header("x-forwarded-for", format!("{ip}, 10.0.0.1"))
+            .body(Body::from(
+                json!({"email": email, "password": PASSWORD}).to_string(),
+            ))
+            .unwrap()
+    };
+    assert_eq!(
+        h.send(register("203.0.113.1", "a@example.com")).await.0,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        h.send(register("203.0.113.1", "b@example.com")).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        h.send(register("203.0.113.2", "c@example.com")).await.0,
+        StatusCode::ACCEPTED
+    );
+}

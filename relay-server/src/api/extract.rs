@@ -171,14 +171,32 @@ impl FromRequestParts<ApiState> for Admin {
     }
 }
 
-/// The client's IP address when the server was started with connect info.
+/// The client's IP address: the first `X-Forwarded-For` hop when
+/// [`ApiConfig::trust_forwarded_for`](super::ApiConfig::trust_forwarded_for) is set (behind
+/// a proxy), else the peer address when the server was started with connect info
+/// (`into_make_service_with_connect_info::<SocketAddr>()`). `None` otherwise: per-IP
+/// limits then share one bucket.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub Option<IpAddr>);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+impl FromRequestParts<ApiState> for ClientIp {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &ApiState,
+    ) -> Result<Self, Self::Rejection> {
+        if state.config.trust_forwarded_for {
+            let forwarded = parts
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').next())
+                .and_then(|ip| ip.trim().parse::<IpAddr>().ok());
+            if forwarded.is_some() {
+                return Ok(ClientIp(forwarded));
+            }
+        }
         Ok(ClientIp(
             parts
                 .extensions

@@ -67,6 +67,8 @@ pub struct ApiConfig {
     pub checkout_limit: RateLimit,
     /// Set the session cookie on login (besides returning the token).
     pub session_cookie: bool,
+    /// Take the client IP from `X-Forwarded-For` (only behind a proxy that sets it).
+    pub trust_forwarded_for: bool,
 }
 
 impl Default for ApiConfig {
@@ -79,6 +81,7 @@ impl Default for ApiConfig {
             reset_limit: RateLimit::new(5, Duration::from_secs(3600)),
             checkout_limit: RateLimit::new(30, Duration::from_secs(3600)),
             session_cookie: true,
+            trust_forwarded_for: false,
         }
     }
 }
