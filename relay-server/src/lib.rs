@@ -7,6 +7,7 @@
 //! streams back unbuffered. See [`app::Gateway`] for the composition.
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod app;
 pub mod audit;
 pub mod config;

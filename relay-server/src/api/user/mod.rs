@@ -1,0 +1,6 @@
+//! `/api/user/...`: what a logged-in customer (or a visitor, for sign-up) can do.
+
+pub mod account;
+pub mod billing;
+pub mod keys;
+pub mod usage;
