@@ -19,7 +19,7 @@ UP=127.0.0.1:9101 NGINX=127.0.0.1:9102 MEM=127.0.0.1:9103 RED=127.0.0.1:9104
 KEY="rk_live_benchbenchbenchbenchbenchbenchbenchbenchben"
 BODY='{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"Hello, relay"}]}'
 # Generous caps that are still counted on every request: a window, a budget, a lease.
-POLICY='{"concurrency":4096,"rate_windows":[{"window_secs":60,"max_requests":100000000}],"budgets":[{"period":"daily","cap":"1000000"}]}'
+POLICY='{"concurrency":4096,"rate_windows":[{"window_secs":60,"max_requests":100000000}],"budgets":[{"period":"daily","cap":{"amount":"1000000","currency":"USD"}}]}'
 
 if ! command -v nginx >/dev/null; then
   echo "installing nginx" >&2
@@ -33,7 +33,7 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; nginx -c "$WORK/nginx.conf" -s stop 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return; sleep 0.1; done; echo "nothing on $1" >&2; exit 1; }
+wait_port() { for _ in $(seq 1 300); do (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return; sleep 0.1; done; echo "nothing on $1" >&2; exit 1; }
 load() { # name url conns
   "$BIN/relay-loadgen" run --url "$2" --connections "$3" --seconds "$SECS" \
     --header "x-api-key: $KEY" --header "anthropic-version: 2023-06-01" --body "$BODY" | sed "s/^/$1 conns=$3 /"
@@ -49,9 +49,10 @@ error_log $WORK/nginx-error.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
-  upstream demo { server $UP; keepalive 256; }
+  upstream demo { server $UP; keepalive 256; keepalive_requests 10000000; }
   server {
     listen $NGINX;
+    keepalive_requests 10000000;
     location / {
       proxy_pass http://demo;
       proxy_http_version 1.1;
