@@ -400,3 +400,54 @@ async fn bad_requests_get_clear_errors_and_count_nothing() {
     let (status, _, _) = send(&svc, request("/healthz", "")).await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_client_closing_right_after_the_end_marker_got_a_complete_response() {
+    let s = stack(KeyPolicy::default());
+    let (tx, rx) = mpsc::channel(8);
+    *s.stream_tx.lock().await = Some(rx);
+    let svc = s.service();
+    let res = svc
+        .clone()
+        .oneshot(request(
+            "/v1/messages",
+            r#"{"model":"claude-test","max_tokens":1024,"stream":true}"#,
+        ))
+        .await
+        .expect("infallible");
+    let mut body = res.into_body().into_data_stream();
+    for chunk in SSE {
+        tx.send(Bytes::from(*chunk)).await.expect("send");
+        let _ = body.next().await;
+    }
+    // The upstream connection is still open, but message_stop was delivered: the client
+    // (as the openai and anthropic SDKs do) closes now.
+    drop(body);
+    let events = s.sink.wait_for(1, Duration::from_secs(5)).await;
+    assert_eq!(events[0].outcome, MeterOutcome::Complete);
+    assert_eq!(events[0].cost.amount(), EXPECTED_COST);
+    drop(tx);
+}
+
+#[tokio::test]
+async fn a_body_with_a_known_length_completes_without_a_final_poll() {
+    use http_body::Body as _;
+    let s = stack(KeyPolicy::default());
+    let svc = s.service();
+    let res = svc
+        .clone()
+        .oneshot(request(
+            "/v1/messages",
+            r#"{"model":"claude-test","max_tokens":1024}"#,
+        ))
+        .await
+        .expect("infallible");
+    // Poll exactly one frame, as hyper does for a body whose length it knows, then drop.
+    let mut body = Box::pin(res.into_body());
+    let frame = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await;
+    assert!(frame.is_some());
+    drop(body);
+    let events = s.sink.wait_for(1, Duration::from_secs(5)).await;
+    assert_eq!(events[0].outcome, MeterOutcome::Complete);
+    assert_eq!(events[0].cost.amount(), EXPECTED_COST);
+}

@@ -143,6 +143,17 @@ fn gemini(u: GeminiUsage) -> Reported {
     }
 }
 
+/// Does this SSE data payload mark the end of the response? Anthropic's `message_stop`,
+/// OpenAI Chat's `[DONE]`, and the Responses API's terminal `response.*` events.
+pub(crate) fn is_end_marker(data: &[u8]) -> bool {
+    let d = data.trim_ascii();
+    d == b"[DONE]"
+        || (d.len() < 128 && d.windows(12).any(|w| w == b"message_stop"))
+        || d.starts_with(b"{\"type\":\"response.completed\"")
+        || d.starts_with(b"{\"type\":\"response.incomplete\"")
+        || d.starts_with(b"{\"type\":\"response.failed\"")
+}
+
 fn mentions_usage(data: &[u8]) -> bool {
     data.windows(5).any(|w| w == b"usage" || w == b"Usage")
 }

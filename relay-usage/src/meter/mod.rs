@@ -31,6 +31,10 @@ pub struct UsageParser {
     truncated: bool,
     usage: Option<Usage>,
     malformed: u32,
+    /// The stream's own end marker was seen (`message_stop`, `[DONE]`,
+    /// `response.completed`): the response is complete even if the client closes the
+    /// connection before the transport ends.
+    saw_end: bool,
 }
 
 impl UsageParser {
@@ -44,6 +48,7 @@ impl UsageParser {
             truncated: false,
             usage: None,
             malformed: 0,
+            saw_end: false,
         }
     }
 
@@ -51,10 +56,15 @@ impl UsageParser {
     pub fn feed(&mut self, chunk: &[u8]) {
         match self.framing {
             Framing::Sse => {
-                let (flavor, usage, malformed) =
-                    (self.flavor, &mut self.usage, &mut self.malformed);
+                let (flavor, usage, malformed, saw_end) = (
+                    self.flavor,
+                    &mut self.usage,
+                    &mut self.malformed,
+                    &mut self.saw_end,
+                );
                 self.lines.feed(chunk, |line| {
                     if let Some(data) = sse::data(line) {
+                        *saw_end |= extract::is_end_marker(data);
                         match extract::from_event(flavor, data) {
                             Ok(Some(u)) => extract::merge(flavor, usage, u),
                             Ok(None) => {}
@@ -74,6 +84,11 @@ impl UsageParser {
                 }
             }
         }
+    }
+
+    /// Whether the stream's own end marker has been seen.
+    pub fn saw_end(&self) -> bool {
+        self.saw_end
     }
 
     /// Usage known so far (for a client that leaves mid-stream).

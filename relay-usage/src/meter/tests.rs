@@ -180,3 +180,23 @@ fn an_oversized_json_body_is_truncated_not_buffered() {
     assert!(p.json_buffered() <= MAX_JSON);
     assert_eq!(p.finish(), (None, MeterOutcome::Truncated));
 }
+
+#[test]
+fn end_markers_are_recognised() {
+    let mut p = UsageParser::new(ApiFlavor::AnthropicMessages, Framing::Sse);
+    let cut = ANTHROPIC_SSE.find("event: message_stop").unwrap_or(0);
+    p.feed(&ANTHROPIC_SSE.as_bytes()[..cut]);
+    assert!(!p.saw_end());
+    p.feed(&ANTHROPIC_SSE.as_bytes()[cut..]);
+    assert!(p.saw_end());
+    let mut p = UsageParser::new(ApiFlavor::OpenaiChat, Framing::Sse);
+    p.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"[DONE]\"}}]}\n\n");
+    assert!(!p.saw_end(), "[DONE] inside content is not the end");
+    p.feed(b"data: [DONE]\n\n");
+    assert!(p.saw_end());
+    let mut p = UsageParser::new(ApiFlavor::OpenaiResponses, Framing::Sse);
+    p.feed(
+        b"event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{}}\n\n",
+    );
+    assert!(p.saw_end());
+}

@@ -44,7 +44,14 @@ pin_project! {
     impl<B> PinnedDrop for MeteredBody<B> {
         fn drop(this: Pin<&mut Self>) {
             if let Some(meter) = this.project().meter.take() {
-                meter.finish(MeterOutcome::ClientDisconnected);
+                // A client that closes right after the stream's own end marker (the
+                // openai SDK does, after `[DONE]`) received the whole response.
+                let ended = if meter.parser.saw_end() {
+                    MeterOutcome::Complete
+                } else {
+                    MeterOutcome::ClientDisconnected
+                };
+                meter.finish(ended);
             }
         }
     }
@@ -168,12 +175,19 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let polled = ready!(this.inner.poll_frame(cx));
+        let mut this = self.project();
+        let polled = ready!(this.inner.as_mut().poll_frame(cx));
         match &polled {
             Some(Ok(frame)) => {
                 if let (Some(meter), Some(data)) = (this.meter.as_mut(), frame.data_ref()) {
                     meter.observe(data.chunk());
+                }
+                // With a known length the server stops polling after the last byte, so
+                // `None` never comes: the body is complete when the inner one says so.
+                if this.inner.is_end_stream() {
+                    if let Some(meter) = this.meter.take() {
+                        meter.finish(MeterOutcome::Complete);
+                    }
                 }
             }
             Some(Err(_)) => {
