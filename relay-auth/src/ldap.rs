@@ -6,7 +6,11 @@
 //! and map them to a [`Role`]. A successful login creates or updates the local profile;
 //! the password itself is never stored locally.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use base64::Engine as _;
+use ldap3_rustls::{Certificate, ClientConfig, RootCertStore};
 
 use ldap3::{ldap_escape, Ldap, LdapConnAsync, LdapConnSettings, LdapError, Scope, SearchEntry};
 
@@ -27,6 +31,9 @@ pub struct LdapConfig {
     pub starttls: bool,
     /// Skip certificate verification (test directories only).
     pub no_tls_verify: bool,
+    /// PEM CA certificate(s) to trust for `ldaps://` and StartTLS instead of the system
+    /// roots, e.g. a company CA; `None` trusts the system roots.
+    pub ca_pem: Option<String>,
     /// Service account DN used for searches.
     pub bind_dn: String,
     /// Service account password.
@@ -55,6 +62,8 @@ impl std::fmt::Debug for LdapConfig {
         f.debug_struct("LdapConfig")
             .field("url", &self.url)
             .field("starttls", &self.starttls)
+            .field("no_tls_verify", &self.no_tls_verify)
+            .field("ca_pem", &self.ca_pem.is_some())
             .field("bind_dn", &self.bind_dn)
             .field("user_base", &self.user_base)
             .field("user_filter", &self.user_filter)
@@ -80,6 +89,52 @@ pub struct DirectoryIdentity {
 #[derive(Debug, Clone)]
 pub struct LdapDirectory {
     config: LdapConfig,
+    /// Built from `ca_pem`; `None` lets ldap3 use the system roots.
+    tls: Option<Arc<ClientConfig>>,
+}
+
+/// The DER certificates in the `CERTIFICATE` blocks of `pem`.
+fn pem_certificates(pem: &str) -> Result<Vec<Certificate>, AuthError> {
+    let bad = |why: &str| AuthError::Ldap(format!("ca_pem: {why}"));
+    let mut certs = Vec::new();
+    let mut lines = pem.lines().map(str::trim);
+    while let Some(line) = lines.next() {
+        if line != "-----BEGIN CERTIFICATE-----" {
+            continue;
+        }
+        let mut b64 = String::new();
+        loop {
+            match lines.next() {
+                Some("-----END CERTIFICATE-----") => break,
+                Some(l) => b64.push_str(l),
+                None => return Err(bad("unterminated CERTIFICATE block")),
+            }
+        }
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|e| bad(&format!("bad base64: {e}")))?;
+        certs.push(Certificate(der));
+    }
+    if certs.is_empty() {
+        return Err(bad("no CERTIFICATE block"));
+    }
+    Ok(certs)
+}
+
+/// A rustls client config trusting exactly the CAs in `pem`.
+fn tls_config(pem: &str) -> Result<Arc<ClientConfig>, AuthError> {
+    let mut roots = RootCertStore::empty();
+    for cert in pem_certificates(pem)? {
+        roots
+            .add(&cert)
+            .map_err(|e| AuthError::Ldap(format!("ca_pem: not a usable CA certificate: {e}")))?;
+    }
+    Ok(Arc::new(
+        ClientConfig::builder()
+            .with_safe_defaults()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ))
 }
 
 #[allow(clippy::needless_pass_by_value)] // shaped for map_err
@@ -92,7 +147,9 @@ fn is_invalid_credentials(e: &LdapError) -> bool {
 }
 
 impl LdapDirectory {
-    /// A directory with `config`. Checks the filters have their placeholders.
+    /// A directory with `config`. Checks the filters have their placeholders and that
+    /// `ca_pem`, if given, holds CA certificates (and is not combined with
+    /// `no_tls_verify`, which would silently ignore it).
     pub fn new(config: LdapConfig) -> Result<Self, AuthError> {
         if !config.user_filter.contains("{email}") {
             return Err(AuthError::Ldap("user_filter must contain {email}".into()));
@@ -100,7 +157,16 @@ impl LdapDirectory {
         if !config.group_filter.contains("{dn}") {
             return Err(AuthError::Ldap("group_filter must contain {dn}".into()));
         }
-        Ok(Self { config })
+        let tls = match &config.ca_pem {
+            Some(_) if config.no_tls_verify => {
+                return Err(AuthError::Ldap(
+                    "ca_pem and no_tls_verify contradict each other".into(),
+                ))
+            }
+            Some(pem) => Some(tls_config(pem)?),
+            None => None,
+        };
+        Ok(Self { config, tls })
     }
 
     async fn connect(&self) -> Result<Ldap, AuthError> {
@@ -108,6 +174,10 @@ impl LdapDirectory {
             .set_conn_timeout(self.config.timeout)
             .set_starttls(self.config.starttls)
             .set_no_tls_verify(self.config.no_tls_verify);
+        let settings = match &self.tls {
+            Some(tls) => settings.set_config(tls.clone()),
+            None => settings,
+        };
         let (conn, ldap) = LdapConnAsync::with_settings(settings, &self.config.url)
             .await
             .map_err(dir_err)?;

@@ -1,6 +1,7 @@
 //! LDAP login against a real OpenLDAP `slapd`, started for this test on a random port with
-//! a throwaway config and seeded with `slapadd`. Without slapd installed the test skips
-//! with a notice, except with CI=true, where it fails.
+//! a throwaway config and seeded with `slapadd`. The TLS tests also make a throwaway CA and
+//! server certificate with the `openssl` CLI. Without slapd (or openssl) installed the tests
+//! skip with a notice, except with CI=true, where they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
 use std::net::TcpListener;
@@ -20,6 +21,7 @@ use relay_core::ManualClock;
 
 const SLAPD: &str = "/usr/sbin/slapd";
 const SLAPADD: &str = "/usr/sbin/slapadd";
+const OPENSSL: &str = "openssl";
 const BASE: &str = "dc=example,dc=com";
 
 const SEED: &str = "\
@@ -63,8 +65,26 @@ member: uid=alice,ou=people,dc=example,dc=com
 /// A running slapd, killed on drop.
 struct Slapd {
     child: Child,
+    /// Plain `ldap://` (StartTLS-capable when TLS is configured).
     port: u16,
+    /// `ldaps://`, when TLS is configured.
+    ldaps_port: Option<u16>,
     _dir: tempfile::TempDir,
+}
+
+/// Server certificate files for slapd, and the CAs a client may or may not trust.
+struct Pki {
+    dir: tempfile::TempDir,
+    /// The CA that signed the server certificate.
+    ca_pem: String,
+    /// A CA that signed nothing slapd has.
+    other_ca_pem: String,
+}
+
+impl Pki {
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
 }
 
 impl Drop for Slapd {
@@ -86,7 +106,145 @@ fn slapd_available() -> bool {
     false
 }
 
+fn openssl_available() -> bool {
+    if Command::new(OPENSSL)
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "the openssl CLI is not installed (apt-get install openssl); required in CI"
+    );
+    eprintln!("notice: openssl not installed; skipping the LDAP TLS test");
+    false
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new(OPENSSL)
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, a server certificate for 127.0.0.1/localhost signed by it, and an unrelated CA.
+fn make_pki() -> Pki {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for ca in ["ca", "other-ca"] {
+        openssl(
+            d,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &format!("{ca}.key"),
+                "-out",
+                &format!("{ca}.pem"),
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN=relay test {ca}"),
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        );
+    }
+    openssl(
+        d,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    std::fs::write(
+        d.join("server.ext"),
+        "basicConstraints=critical,CA:FALSE\n\
+         keyUsage=critical,digitalSignature\n\
+         extendedKeyUsage=serverAuth\n\
+         subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ],
+    );
+    Pki {
+        ca_pem: std::fs::read_to_string(d.join("ca.pem")).unwrap(),
+        other_ca_pem: std::fs::read_to_string(d.join("other-ca.pem")).unwrap(),
+        dir,
+    }
+}
+
+fn free_port() -> u16 {
+    // Bind to 0, read it, release it for slapd.
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 fn start_slapd() -> Slapd {
+    start_slapd_with(None)
+}
+
+/// slapd; with `pki`, it serves TLS (StartTLS on `port`, ldaps on `ldaps_port`) and
+/// refuses every operation not protected by TLS (`security tls=1`), so a successful login
+/// proves the passwords crossed encrypted.
+fn start_slapd_with(pki: Option<&Pki>) -> Slapd {
+    let tls_conf = pki.map_or_else(String::new, |pki| {
+        format!(
+            "TLSCACertificateFile {}\n\
+             TLSCertificateFile {}\n\
+             TLSCertificateKeyFile {}\n\
+             security tls=1\n",
+            pki.path("ca.pem").display(),
+            pki.path("server.pem").display(),
+            pki.path("server.key").display(),
+        )
+    });
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
@@ -100,6 +258,7 @@ fn start_slapd() -> Slapd {
              modulepath /usr/lib/ldap\n\
              moduleload back_mdb\n\
              pidfile {pid}\n\
+             {tls_conf}\
              database mdb\n\
              maxsize 10485760\n\
              suffix \"{BASE}\"\n\
@@ -127,15 +286,15 @@ fn start_slapd() -> Slapd {
         "slapadd: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // A free port: bind to 0, read it, release it for slapd.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
+    let ldaps_port = pki.map(|_| free_port());
+    let mut urls = format!("ldap://127.0.0.1:{port}/");
+    if let Some(p) = ldaps_port {
+        urls.push_str(&format!(" ldaps://127.0.0.1:{p}/"));
+    }
     let child = Command::new(SLAPD)
         .arg("-h")
-        .arg(format!("ldap://127.0.0.1:{port}/"))
+        .arg(urls)
         .arg("-f")
         .arg(&conf)
         .arg("-d")
@@ -147,15 +306,20 @@ fn start_slapd() -> Slapd {
     let slapd = Slapd {
         child,
         port,
+        ldaps_port,
         _dir: dir,
     };
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return slapd;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    for p in std::iter::once(port).chain(ldaps_port) {
+        let listening = (0..200).any(|_| {
+            let up = std::net::TcpStream::connect(("127.0.0.1", p)).is_ok();
+            if !up {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            up
+        });
+        assert!(listening, "slapd did not start listening on port {p}");
     }
-    panic!("slapd did not start listening on port {port}");
+    slapd
 }
 
 fn config(port: u16, operators_role: Role) -> LdapConfig {
@@ -163,6 +327,7 @@ fn config(port: u16, operators_role: Role) -> LdapConfig {
         url: format!("ldap://127.0.0.1:{port}"),
         starttls: false,
         no_tls_verify: false,
+        ca_pem: None,
         bind_dn: format!("cn=admin,{BASE}"),
         bind_password: "admin-secret".into(),
         user_base: format!("ou=people,{BASE}"),
@@ -292,4 +457,139 @@ fn filters_need_their_placeholders() {
     let mut c = config(1, Role::User);
     c.group_filter = "(member=x)".into();
     assert!(matches!(LdapDirectory::new(c), Err(AuthError::Ldap(_))));
+}
+
+/// `config` for a TLS connection: StartTLS on the plain port or `ldaps://`, trusting `ca`.
+fn tls_config(slapd: &Slapd, starttls: bool, ca: Option<&str>) -> LdapConfig {
+    let mut c = config(slapd.port, Role::Operator);
+    if starttls {
+        c.starttls = true;
+    } else {
+        c.url = format!("ldaps://127.0.0.1:{}", slapd.ldaps_port.unwrap());
+    }
+    c.ca_pem = ca.map(str::to_owned);
+    c
+}
+
+/// The login fails with a directory error (not "wrong password"), and nothing is created.
+async fn assert_tls_refused(c: LdapConfig, what: &str, expect_in_error: &str) {
+    let store = Arc::new(MemoryStore::new());
+    let acc = accounts(store.clone(), LdapDirectory::new(c).unwrap());
+    match acc
+        .login(login("alice@example.com", "alice-directory-pw"))
+        .await
+    {
+        Err(AuthError::Ldap(msg)) => assert!(
+            msg.to_ascii_lowercase().contains(expect_in_error),
+            "{what}: error {msg:?} should mention {expect_in_error:?}"
+        ),
+        other => panic!("{what}: expected a directory error, got {other:?}"),
+    }
+    assert!(
+        store
+            .user_by_email(&Email::parse("alice@example.com").unwrap())
+            .await
+            .unwrap()
+            .is_none(),
+        "{what}: a refused login creates no profile"
+    );
+}
+
+#[tokio::test]
+async fn ldap_login_over_tls_trusts_only_the_configured_ca() {
+    if !slapd_available() || !openssl_available() {
+        return;
+    }
+    let pki = make_pki();
+    let slapd = start_slapd_with(Some(&pki));
+
+    // Trusted CA: StartTLS and ldaps both log in. The server refuses anything not under
+    // TLS (`security tls=1`), so these binds cannot have crossed in plaintext.
+    for starttls in [true, false] {
+        let store = Arc::new(MemoryStore::new());
+        let c = tls_config(&slapd, starttls, Some(&pki.ca_pem));
+        let acc = accounts(store, LdapDirectory::new(c).unwrap());
+        let session = acc
+            .login(login("alice@example.com", "alice-directory-pw"))
+            .await
+            .unwrap_or_else(|e| panic!("starttls={starttls}: {e:?}"));
+        let alice = acc.user(&session.user_id).await.unwrap();
+        assert_eq!(alice.role, Role::Operator, "starttls={starttls}");
+        // Wrong password over TLS is still a plain failure, not a directory error.
+        assert!(matches!(
+            acc.login(login("alice@example.com", "wrong")).await,
+            Err(AuthError::InvalidCredentials)
+        ));
+    }
+
+    // Untrusted: a different CA, or the system roots (which do not know ours). The
+    // handshake fails and the login with it; nothing falls back to plaintext.
+    for starttls in [true, false] {
+        assert_tls_refused(
+            tls_config(&slapd, starttls, Some(&pki.other_ca_pem)),
+            &format!("other CA, starttls={starttls}"),
+            "certificate",
+        )
+        .await;
+        assert_tls_refused(
+            tls_config(&slapd, starttls, None),
+            &format!("system roots, starttls={starttls}"),
+            "certificate",
+        )
+        .await;
+    }
+
+    // The control for `security tls=1`: plain ldap:// without StartTLS is refused by this
+    // server (confidentiality required), so the successes above were over TLS.
+    assert_tls_refused(
+        config(slapd.port, Role::Operator),
+        "plaintext against a TLS-only server",
+        "confidentiality",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn starttls_against_a_server_without_tls_fails_instead_of_downgrading() {
+    if !slapd_available() || !openssl_available() {
+        return;
+    }
+    let pki = make_pki();
+    let slapd = start_slapd(); // no TLS configured
+    let mut c = config(slapd.port, Role::Operator);
+    c.starttls = true;
+    c.ca_pem = Some(pki.ca_pem.clone());
+    // The server answers the StartTLS request with an LDAP error result (slapd: rc=2,
+    // "unsupported extended operation"); the login stops there, before any bind.
+    assert_tls_refused(c, "StartTLS without server TLS", "rc=").await;
+}
+
+#[test]
+fn ca_pem_must_hold_ca_certificates() {
+    let with = |pem: &str| {
+        let mut c = config(1, Role::User);
+        c.ca_pem = Some(pem.into());
+        LdapDirectory::new(c)
+    };
+    for bad in [
+        "",
+        "not a pem",
+        "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+        "-----BEGIN CERTIFICATE-----\nAAAA\n",
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    ] {
+        assert!(
+            matches!(with(bad), Err(AuthError::Ldap(ref m)) if m.starts_with("ca_pem:")),
+            "{bad:?}"
+        );
+    }
+    // A CA to trust and "trust anything" contradict each other.
+    if openssl_available() {
+        let pki = make_pki();
+        assert!(with(&pki.ca_pem).is_ok());
+        let mut c = config(1, Role::User);
+        c.ca_pem = Some(pki.ca_pem.clone());
+        c.no_tls_verify = true;
+        assert!(matches!(LdapDirectory::new(c), Err(AuthError::Ldap(_))));
+    }
 }
