@@ -13,13 +13,18 @@ use axum::Router;
 use http::HeaderValue;
 use metrics_exporter_prometheus::PrometheusHandle;
 use relay_auth::{AccountService, ApiKeyAuthLayer, ApiKeyService, MemoryOutbox};
-use relay_core::{PriceBook, RequestId, SharedClock, SystemClock};
+use relay_billing::{Billing, BillingConfig};
+use relay_core::{
+    AccountStanding, PriceBook, RequestId, SharedClock, Standing, StandingError, SystemClock,
+    Throttle, UserId,
+};
 use relay_usage::layer::metering::MeteringLayer;
 use relay_usage::layer::policy::{ClientIp, PolicyLayer};
-use relay_usage::sink::MemoryUsageSink;
+use relay_usage::sink::{MemoryUsageSink, SqlUsageWriter, UsageSink, WriterConfig};
 use relay_usage::{Limiter, MemoryLimiter};
 use tracing::Instrument;
 
+use crate::api::{self, ApiState};
 use crate::config::{AccountConfig, Config};
 use crate::db::Database;
 use crate::demo::{DemoSeed, DemoUpstream};
@@ -41,6 +46,8 @@ pub struct AppState {
     pub keys: Arc<ApiKeyService>,
     /// Accounts.
     pub accounts: Arc<AccountService>,
+    /// Account notices (verification, reset) kept in memory: no mailer is wired yet.
+    pub outbox: Arc<MemoryOutbox>,
     /// The limiter (memory or Redis).
     pub limiter: Arc<dyn Limiter>,
     /// Prices.
@@ -49,6 +56,10 @@ pub struct AppState {
     pub sink: crate::sink::ObservedSink,
     /// The in-memory aggregates and recent events behind `sink`.
     pub usage: Arc<MemoryUsageSink>,
+    /// The durable usage records behind `sink` (drained at shutdown).
+    pub usage_writer: SqlUsageWriter,
+    /// Billing (plans, wallets, subscriptions); also the keys' account standing.
+    pub billing: Arc<Billing>,
     /// Models offered by `/v1/models`.
     pub models: Vec<ModelEntry>,
     /// The relay.
@@ -82,7 +93,24 @@ pub struct Gateway {
     pub demo_upstream: Option<DemoUpstream>,
     /// Where the catalog came from.
     pub price_source: String,
+    /// The product API's state (`/api/...`, `/webhooks/...`).
+    pub api: ApiState,
     flusher: tokio::task::JoinHandle<()>,
+}
+
+/// Billing's standing for the key service, set once billing exists: billing needs the key
+/// service (to provision keys) before the key service can ask billing.
+#[derive(Debug, Default)]
+struct LateStanding(std::sync::OnceLock<Arc<Billing>>);
+
+#[async_trait::async_trait]
+impl AccountStanding for LateStanding {
+    async fn standing(&self, user: &UserId) -> Result<Standing, StandingError> {
+        match self.0.get() {
+            Some(b) => b.standing(user).await,
+            None => Err(StandingError::Unavailable("billing not wired yet".into())),
+        }
+    }
 }
 
 fn load_prices(
@@ -160,18 +188,66 @@ impl Gateway {
         let cipher =
             CredentialCipher::new(&enc_key).map_err(|e| ServerError::Startup(e.to_string()))?;
         let store = db.auth_store();
+        let standing = Arc::new(LateStanding::default());
         let keys = Arc::new(
             ApiKeyService::new(Arc::clone(&store), &pepper, Arc::clone(&clock))
-                .map_err(|e| ServerError::Startup(e.to_string()))?,
+                .map_err(|e| ServerError::Startup(e.to_string()))?
+                .with_standing(standing.clone()),
         );
+        let outbox = Arc::new(MemoryOutbox::new());
         let accounts = Arc::new(
-            AccountService::new(
-                Arc::clone(&store),
-                Arc::new(MemoryOutbox::new()),
-                Arc::clone(&clock),
-            )
-            .with_key_service(Arc::clone(&keys)),
+            AccountService::new(Arc::clone(&store), outbox.clone(), Arc::clone(&clock))
+                .with_key_service(Arc::clone(&keys)),
         );
+        let billing_sql = Arc::new(
+            Database::billing_store(&config.database)
+                .await
+                .map_err(|e| ServerError::Startup(format!("billing store: {e}")))?,
+        );
+        let billing = Arc::new(Billing::new(
+            billing_sql.clone(),
+            Arc::clone(&clock),
+            keys.clone(),
+            BillingConfig::default(),
+        ));
+        if standing.0.set(billing.clone()).is_err() {
+            return Err(ServerError::Startup("billing standing wired twice".into()));
+        }
+        let webhook_events = db.webhook_events();
+        let throttle: Arc<dyn Throttle> = match &redis {
+            Some(conn) => Arc::new(relay_usage::RedisThrottle::new(
+                conn.clone(),
+                Arc::clone(&clock),
+                "relay:throttle",
+            )),
+            None => Arc::new(relay_usage::MemoryThrottle::new(Arc::clone(&clock))),
+        };
+        let mut api_state = ApiState::new(
+            Arc::clone(&accounts),
+            Arc::clone(&keys),
+            billing.clone(),
+            billing_sql,
+            webhook_events,
+            throttle,
+            Arc::clone(&clock),
+        )
+        .with_provider(Arc::new(relay_payments::manual::ManualProvider::new(
+            Arc::clone(&clock),
+        )));
+        if let Some(stripe) = &config.stripe {
+            let mut sc = relay_payments::stripe::StripeConfig::new(
+                stripe.secret.clone(),
+                stripe.webhook_secret.clone(),
+                stripe.success_url.clone(),
+                stripe.cancel_url.clone(),
+            );
+            if let Some(base) = &stripe.api_base {
+                sc = sc.with_api_base(base.clone());
+            }
+            let provider = relay_payments::stripe::StripeProvider::new(sc, Arc::clone(&clock))
+                .map_err(|e| ServerError::Startup(format!("Stripe: {e}")))?;
+            api_state = api_state.with_provider(Arc::new(provider));
+        }
 
         // Demo: seed, and point one account per service at the stand-in.
         let mut configured: Vec<AccountConfig> = config.accounts.clone();
@@ -226,16 +302,22 @@ impl Gateway {
             .map_err(|e| ServerError::Startup(format!("HTTP client: {e}")))?;
         let (book, models, price_source) = load_prices(config.price_catalog.as_ref())?;
         let flusher = keys.spawn_use_flusher(Duration::from_secs(5));
-        let (sink, usage) = crate::sink::ObservedSink::memory(1024);
+        let usage = Arc::new(MemoryUsageSink::new(1024));
+        let usage_writer = SqlUsageWriter::spawn(db.usage_store(), WriterConfig::default());
+        let sinks: Vec<Arc<dyn UsageSink>> = vec![usage.clone(), Arc::new(usage_writer.clone())];
+        let sink = crate::sink::ObservedSink::new(Arc::new(crate::sink::FanOutSink::new(sinks)));
         let state = Arc::new(AppState {
             db,
             redis,
             keys,
             accounts,
+            outbox,
             limiter,
             prices: Arc::new(book),
             sink,
             usage,
+            usage_writer,
+            billing,
             models,
             relay,
             max_body_bytes: config.max_body_bytes,
@@ -246,6 +328,7 @@ impl Gateway {
             demo,
             demo_upstream,
             price_source,
+            api: api_state,
             flusher,
         })
     }
@@ -283,11 +366,13 @@ impl Gateway {
             .route("/metrics", get(ops::metrics))
             .fallback(llm::not_found)
             .with_state(state)
+            // Full paths (`/api/...`, `/webhooks/...`, `/openapi.json`), no fallback of its own.
+            .merge(api::router(self.api.clone()))
             .layer(axum::middleware::from_fn(observe))
     }
 
     /// Serve on `listener` until `shutdown`, then drain in-flight requests (streams
-    /// included), flush buffered key uses, stop the demo upstream and close the database.
+    /// included), write the queued usage records, flush buffered key uses, stop the demo upstream and close the database.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
@@ -301,6 +386,11 @@ impl Gateway {
         .with_graceful_shutdown(shutdown)
         .await?;
         tracing::info!("in-flight requests drained; flushing");
+        // Every metered request has recorded its event by now: drain them to the database.
+        match self.state.usage_writer.shutdown().await {
+            Ok(report) => tracing::info!(written = report.written, "usage records flushed"),
+            Err(e) => tracing::error!(error = %e, "usage records not all written at shutdown"),
+        }
         self.flusher.abort();
         if let Err(e) = self.state.keys.flush_uses().await {
             tracing::warn!(error = %e, "flushing API key uses at shutdown failed");

@@ -18,6 +18,13 @@
 //! | `RELAY_IDLE_TIMEOUT_SECS` | `300` | longest wait for the next upstream byte |
 //! | `ANTHROPIC_API_KEYS`, `OPENAI_API_KEYS`, `GEMINI_API_KEYS` | unset | comma-separated upstream keys, one account each |
 //! | `OPENAI_BASE_URL` | `https://api.openai.com` | base URL of the OpenAI-compatible upstream |
+//! | `STRIPE_SECRET`, `STRIPE_WEBHOOK_SECRET` | unset | both set: Stripe checkout at `/api/user/checkout` and its webhooks at `/webhooks/stripe`; one alone is refused |
+//! | `STRIPE_SUCCESS_URL`, `STRIPE_CANCEL_URL` | unset | required with Stripe: where Stripe sends the buyer back (http(s) URLs) |
+//! | `STRIPE_API_BASE` | `https://api.stripe.com` | Stripe's API base URL (a stand-in in tests) |
+//!
+//! The product API (`/api/user/...`, `/api/admin/...`, `/webhooks/...`) runs on the same
+//! database: billing, webhook events and durable usage records are migrated at start-up.
+//! The manual payment provider is always on.
 //!
 //! Upstream accounts with weights and base URLs are configured in the TOML file:
 //!
@@ -68,6 +75,9 @@ pub enum ConfigError {
         /// What is wrong (never the value).
         reason: String,
     },
+    /// The Stripe settings are incomplete or malformed.
+    #[error("Stripe: {0}")]
+    Stripe(String),
     /// An upstream account is invalid.
     #[error("upstream account `{name}`: {reason}")]
     Account {
@@ -151,6 +161,21 @@ pub struct Args {
     /// Gemini API keys, comma-separated (one account each).
     #[arg(long, env = "GEMINI_API_KEYS", hide_env_values = true)]
     pub gemini_api_keys: Option<String>,
+    /// Stripe secret API key (with `STRIPE_WEBHOOK_SECRET`: Stripe checkout).
+    #[arg(long, env = "STRIPE_SECRET", hide_env_values = true)]
+    pub stripe_secret: Option<String>,
+    /// Stripe webhook signing secret.
+    #[arg(long, env = "STRIPE_WEBHOOK_SECRET", hide_env_values = true)]
+    pub stripe_webhook_secret: Option<String>,
+    /// Where Stripe sends the buyer after paying.
+    #[arg(long, env = "STRIPE_SUCCESS_URL")]
+    pub stripe_success_url: Option<String>,
+    /// Where Stripe sends the buyer after cancelling.
+    #[arg(long, env = "STRIPE_CANCEL_URL")]
+    pub stripe_cancel_url: Option<String>,
+    /// Stripe's API base URL.
+    #[arg(long, env = "STRIPE_API_BASE")]
+    pub stripe_api_base: Option<String>,
 }
 
 impl Default for Args {
@@ -174,6 +199,11 @@ impl Default for Args {
             openai_api_keys: None,
             openai_base_url: None,
             gemini_api_keys: None,
+            stripe_secret: None,
+            stripe_webhook_secret: None,
+            stripe_success_url: None,
+            stripe_cancel_url: None,
+            stripe_api_base: None,
         }
     }
 }
@@ -381,6 +411,69 @@ pub struct DemoConfig {
     pub policy: Option<relay_core::KeyPolicy>,
 }
 
+/// Stripe checkout settings.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StripeSettings {
+    /// Secret API key.
+    pub secret: String,
+    /// Webhook signing secret.
+    pub webhook_secret: String,
+    /// Where the buyer returns after paying.
+    pub success_url: String,
+    /// Where the buyer returns after cancelling.
+    pub cancel_url: String,
+    /// API base URL; `None` is Stripe's.
+    pub api_base: Option<String>,
+}
+
+impl fmt::Debug for StripeSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StripeSettings")
+            .field("success_url", &self.success_url)
+            .field("cancel_url", &self.cancel_url)
+            .field("api_base", &self.api_base)
+            .finish_non_exhaustive()
+    }
+}
+
+fn non_empty(v: &Option<String>) -> Option<String> {
+    v.as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+fn http_url(name: &str, v: Option<String>) -> Result<String, ConfigError> {
+    let v = v.ok_or_else(|| ConfigError::Stripe(format!("{name} is required with Stripe")))?;
+    match url::Url::parse(&v) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(v),
+        _ => Err(ConfigError::Stripe(format!(
+            "{name} `{v}` is not an http(s) URL"
+        ))),
+    }
+}
+
+fn stripe_settings(args: &Args) -> Result<Option<StripeSettings>, ConfigError> {
+    match (
+        non_empty(&args.stripe_secret),
+        non_empty(&args.stripe_webhook_secret),
+    ) {
+        (None, None) => Ok(None),
+        (Some(secret), Some(webhook_secret)) => Ok(Some(StripeSettings {
+            secret,
+            webhook_secret,
+            success_url: http_url("STRIPE_SUCCESS_URL", non_empty(&args.stripe_success_url))?,
+            cancel_url: http_url("STRIPE_CANCEL_URL", non_empty(&args.stripe_cancel_url))?,
+            api_base: non_empty(&args.stripe_api_base)
+                .map(|b| http_url("STRIPE_API_BASE", Some(b)))
+                .transpose()?,
+        })),
+        _ => Err(ConfigError::Stripe(
+            "set both STRIPE_SECRET and STRIPE_WEBHOOK_SECRET, or neither".into(),
+        )),
+    }
+}
+
 /// Validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -406,6 +499,8 @@ pub struct Config {
     pub timeouts: UpstreamTimeouts,
     /// Upstream accounts from the file and the environment.
     pub accounts: Vec<AccountConfig>,
+    /// Stripe checkout, when configured.
+    pub stripe: Option<StripeSettings>,
 }
 
 const DEFAULT_DATABASE: &str = "sqlite://relay.db";
@@ -586,6 +681,7 @@ impl Config {
         for a in &accounts {
             a.validate()?;
         }
+        let stripe = stripe_settings(args)?;
         Ok(Self {
             database,
             redis_url,
@@ -597,6 +693,7 @@ impl Config {
             max_body_bytes,
             timeouts,
             accounts,
+            stripe,
         })
     }
 }
@@ -737,6 +834,44 @@ base_url = "https://llm.example.com/v1/"
         })
         .unwrap_err();
         assert!(matches!(e, ConfigError::File { .. }));
+    }
+
+    #[test]
+    fn stripe_needs_both_secrets_and_return_urls() {
+        assert_eq!(Config::from_args(&Args::default()).unwrap().stripe, None);
+        let half = Config::from_args(&Args {
+            stripe_secret: Some("sk_test_1".into()),
+            ..Args::default()
+        })
+        .unwrap_err();
+        assert!(half.to_string().contains("both"), "{half}");
+        assert!(!half.to_string().contains("sk_test_1"));
+        let full = Args {
+            stripe_secret: Some("sk_test_1".into()),
+            stripe_webhook_secret: Some("whsec_1".into()),
+            stripe_success_url: Some("https://relay.example/paid".into()),
+            stripe_cancel_url: Some("https://relay.example/cancel".into()),
+            ..Args::default()
+        };
+        let no_url = Config::from_args(&Args {
+            stripe_cancel_url: None,
+            ..full.clone()
+        })
+        .unwrap_err();
+        assert!(no_url.to_string().contains("STRIPE_CANCEL_URL"), "{no_url}");
+        let bad_url = Config::from_args(&Args {
+            stripe_success_url: Some("ftp://x".into()),
+            ..full.clone()
+        })
+        .unwrap_err();
+        assert!(
+            bad_url.to_string().contains("STRIPE_SUCCESS_URL"),
+            "{bad_url}"
+        );
+        let ok = Config::from_args(&full).unwrap().stripe.unwrap();
+        assert_eq!(ok.secret, "sk_test_1");
+        assert_eq!(ok.api_base, None);
+        assert!(!format!("{ok:?}").contains("sk_test_1"));
     }
 
     #[test]

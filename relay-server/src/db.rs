@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use relay_auth::store::AuthStore;
+use relay_payments::store::WebhookEventStore;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{PgPool, SqlitePool};
@@ -15,7 +16,35 @@ use crate::config::DatabaseUrl;
 const SQLITE_MIGRATIONS: &str = include_str!("../migrations/sqlite/0001_upstream_accounts.sql");
 const POSTGRES_MIGRATIONS: &str = include_str!("../migrations/postgres/0001_upstream_accounts.sql");
 
-/// Run relay-auth's migrations on a short-lived connection of their own, on a blocking
+fn other(e: impl std::fmt::Display) -> sqlx::Error {
+    sqlx::Error::Migrate(Box::new(sqlx::migrate::MigrateError::Source(
+        e.to_string().into(),
+    )))
+}
+
+/// relay-auth's, relay-usage's and relay-payments' tables on SQLite.
+async fn migrate_sqlite(pool: &SqlitePool) -> Result<(), sqlx::Error> {
+    relay_auth::store::sqlite::migrate(pool).await?;
+    relay_usage::sink::sql::sqlite::migrate(pool)
+        .await
+        .map_err(other)?;
+    relay_payments::store::sqlite::migrate(pool)
+        .await
+        .map_err(other)
+}
+
+/// relay-auth's, relay-usage's and relay-payments' tables on PostgreSQL.
+async fn migrate_postgres(pool: &PgPool) -> Result<(), sqlx::Error> {
+    relay_auth::store::postgres::migrate(pool).await?;
+    relay_usage::sink::sql::postgres::migrate(pool)
+        .await
+        .map_err(other)?;
+    relay_payments::store::postgres::migrate(pool)
+        .await
+        .map_err(other)
+}
+
+/// Run relay-auth's (and relay-usage's and relay-payments') migrations on a short-lived connection of their own, on a blocking
 /// thread with its own small runtime. Their futures are `Send` in fact, but rustc cannot
 /// prove it once they are awaited inside another `Send` future (sqlx's "`Executor` is not
 /// general enough" limitation with `&mut *tx`), and the server's start-up must be `Send`.
@@ -37,7 +66,7 @@ async fn migrate_auth(url: DatabaseUrl) -> Result<(), sqlx::Error> {
                         .max_connections(1)
                         .connect_with(opts)
                         .await?;
-                    let done = relay_auth::store::sqlite::migrate(&pool).await;
+                    let done = migrate_sqlite(&pool).await;
                     pool.close().await;
                     done
                 }
@@ -46,7 +75,7 @@ async fn migrate_auth(url: DatabaseUrl) -> Result<(), sqlx::Error> {
                         .max_connections(1)
                         .connect_with(PgConnectOptions::from_str(u)?)
                         .await?;
-                    let done = relay_auth::store::postgres::migrate(&pool).await;
+                    let done = migrate_postgres(&pool).await;
                     pool.close().await;
                     done
                 }
@@ -68,8 +97,8 @@ pub enum Database {
 }
 
 impl Database {
-    /// Connect (creating an SQLite file if missing) and migrate relay-auth's tables and the
-    /// server's own.
+    /// Connect (creating an SQLite file if missing) and migrate relay-auth's, relay-usage's
+    /// and relay-payments' tables and the server's own.
     pub async fn connect(url: &DatabaseUrl) -> Result<Self, sqlx::Error> {
         migrate_auth(url.clone()).await?;
         match url {
@@ -106,12 +135,55 @@ impl Database {
         }
     }
 
+    /// relay-usage's durable usage records on this database (migrated by `connect`).
+    pub fn usage_store(&self) -> Arc<dyn relay_usage::sink::UsageRecordStore> {
+        use relay_usage::sink::sql::{postgres, sqlite};
+        match self {
+            Database::Sqlite(p) => Arc::new(sqlite::SqliteUsageStore::new(p.clone())),
+            Database::Postgres(p) => Arc::new(postgres::PgUsageStore::new(p.clone())),
+        }
+    }
+
+    /// relay-payments' webhook event store on this database (migrated by `connect`).
+    pub fn webhook_events(&self) -> Arc<dyn WebhookEventStore> {
+        use relay_payments::store::{postgres, sqlite};
+        match self {
+            Database::Sqlite(p) => Arc::new(sqlite::SqliteWebhookEventStore::new(p.clone())),
+            Database::Postgres(p) => Arc::new(postgres::PostgresWebhookEventStore::new(p.clone())),
+        }
+    }
+
     /// Is the database answering?
     pub async fn ping(&self) -> bool {
         match self {
             Database::Sqlite(p) => sqlx::query("SELECT 1").execute(p).await.is_ok(),
             Database::Postgres(p) => sqlx::query("SELECT 1").execute(p).await.is_ok(),
         }
+    }
+
+    /// relay-billing's store on the database of `url` (its own `AnyPool`: billing is written
+    /// against sqlx's `Any` driver), migrated. Driven by this runtime's handle from a
+    /// blocking thread, for the same reason as [`migrate_auth`]: its migration future is
+    /// `Send` in fact but not provably so inside the server's start-up. The pool stays on
+    /// this runtime.
+    pub async fn billing_store(
+        url: &DatabaseUrl,
+    ) -> Result<relay_billing::store::SqlBillingStore, relay_billing::BillingError> {
+        let url = url.clone();
+        let handle = tokio::runtime::Handle::current();
+        let job = move || {
+            handle.block_on(async {
+                match &url {
+                    DatabaseUrl::Sqlite(u) => relay_billing::store::sqlite::open(u).await,
+                    DatabaseUrl::Postgres(u) => {
+                        relay_billing::store::postgres::connect(u, None, 8).await
+                    }
+                }
+            })
+        };
+        tokio::task::spawn_blocking(job).await.map_err(|e| {
+            relay_billing::BillingError::Store(format!("billing store start-up: {e}"))
+        })?
     }
 
     /// Close every connection.

@@ -1,5 +1,6 @@
-//! The usage sink the gateway meters into: real-time aggregates in memory, with every
-//! event also counted in Prometheus metrics.
+//! The usage sink the gateway meters into: real-time aggregates in memory and durable
+//! records in the database ([`FanOutSink`]), with every event also counted in Prometheus
+//! metrics.
 
 use std::sync::Arc;
 
@@ -32,5 +33,31 @@ impl UsageSink for ObservedSink {
         crate::metrics::usage(event.service.as_str(), &event.model, &event.usage, nano);
         metrics::counter!("relay_metered_total", "outcome" => event.outcome.as_str()).increment(1);
         self.inner.record(event).await;
+    }
+}
+
+/// Hands every event to each of its sinks, in order (the memory aggregates first, then the
+/// durable writer, whose `record` may wait for room in its queue).
+#[derive(Debug, Clone)]
+pub struct FanOutSink {
+    sinks: Vec<Arc<dyn UsageSink>>,
+}
+
+impl FanOutSink {
+    /// Every event goes to each of `sinks`.
+    pub fn new(sinks: Vec<Arc<dyn UsageSink>>) -> Self {
+        Self { sinks }
+    }
+}
+
+#[async_trait]
+impl UsageSink for FanOutSink {
+    async fn record(&self, event: UsageEvent) {
+        if let Some((last, first)) = self.sinks.split_last() {
+            for sink in first {
+                sink.record(event.clone()).await;
+            }
+            last.record(event).await;
+        }
     }
 }

@@ -233,7 +233,12 @@ impl TestServer {
     }
 
     /// Shut down gracefully.
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
+        drop(self.stop_keeping_files().await);
+    }
+
+    /// Shut down gracefully, handing back the directory of the SQLite file to look at.
+    pub async fn stop_keeping_files(mut self) -> tempfile::TempDir {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
@@ -247,5 +252,6 @@ impl TestServer {
         if let Some(d) = self.demo.take() {
             d.stop().await;
         }
+        self._dir
     }
 }

@@ -1,0 +1,115 @@
+//! The whole stack in-process on SQLite and the in-memory limiter: the product API and the
+//! gateway on one router and one database. A user registers, verifies, logs in, creates a
+//! key, calls the LLM route with it through the demo upstream, and the usage is in the
+//! memory sink and, after a graceful shutdown, in the durable usage records.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{Backend, TestServer};
+use relay_auth::Email;
+use relay_server::db::Database;
+use serde_json::{json, Value};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+async fn api(s: &TestServer, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+    let mut req = s.http.post(s.url(path)).json(&body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_to_metered_call_on_sqlite() {
+    let s = TestServer::start(&Backend::SqliteMemory, None).await;
+    let email = "e2e@example.com";
+
+    let (status, v) = api(
+        &s,
+        "/api/user/register",
+        None,
+        json!({"email": email, "password": PASSWORD}),
+    )
+    .await;
+    assert_eq!(status, 202, "{v}");
+    // A made-up verification token is refused.
+    let (status, v) = api(
+        &s,
+        "/api/user/verify-email",
+        None,
+        json!({"token": "not-a-token"}),
+    )
+    .await;
+    assert!((400..500).contains(&status), "bogus token: {status} {v}");
+    let token = s
+        .state
+        .outbox
+        .last_token(&Email::parse(email).unwrap(), false)
+        .expect("verification notice");
+    let (status, v) = api(&s, "/api/user/verify-email", None, json!({"token": token})).await;
+    assert!((200..300).contains(&status), "{v}");
+    let (status, login) = api(
+        &s,
+        "/api/user/login",
+        None,
+        json!({"email": email, "password": PASSWORD}),
+    )
+    .await;
+    assert_eq!(status, 200, "{login}");
+    let session = login["token"].as_str().unwrap().to_owned();
+    let user_id = login["user_id"].as_str().unwrap().to_owned();
+
+    let (status, key) = api(&s, "/api/user/keys", Some(&session), json!({"name": "e2e"})).await;
+    assert_eq!(status, 201, "{key}");
+    let key = key["key"].as_str().unwrap().to_owned();
+
+    // The API's JSON 404 under /api; the gateway's own 404 elsewhere.
+    let res = s.http.get(s.url("/api/nothing")).send().await.unwrap();
+    assert_eq!(res.status(), 404);
+
+    // A session token is not an API key.
+    let chat = json!({"model": "claude-sonnet-4-5", "max_tokens": 16,
+        "messages": [{"role": "user", "content": "hello from the stack"}]});
+    let res = s.post("/v1/messages", &session, &chat).await;
+    assert_eq!(res.status(), 401);
+    let res = s.post("/v1/messages", &key, &chat).await;
+    assert_eq!(res.status(), 200);
+    let answer: Value = res.json().await.unwrap();
+    assert_eq!(answer["type"], "message", "{answer}");
+
+    let events = s.events(1).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].user_id.as_str(), user_id);
+    assert_eq!(events[0].model, "claude-sonnet-4-5");
+    assert!(events[0].usage.input_tokens > 0);
+    let request_id = events[0].request_id.clone();
+
+    // Graceful shutdown drains the durable writer: the record is in the database after.
+    let Database::Sqlite(pool) = &s.state.db else {
+        panic!("SQLite backend")
+    };
+    let file = pool.connect_options().get_filename().to_owned();
+    let _dir = s.stop_keeping_files().await;
+    let pool =
+        sqlx::SqlitePool::connect_with(sqlx::sqlite::SqliteConnectOptions::new().filename(&file))
+            .await
+            .unwrap();
+    let rows: Vec<(String, String, String, i64)> =
+        sqlx::query_as("SELECT request_id, user_id, model, input_tokens FROM usage_records")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    pool.close().await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].0, request_id.as_str());
+    assert_eq!(rows[0].1, user_id);
+    assert_eq!(rows[0].2, "claude-sonnet-4-5");
+    assert_eq!(
+        u64::try_from(rows[0].3).unwrap(),
+        events[0].usage.input_tokens
+    );
+}
