@@ -25,9 +25,11 @@ use relay_usage::{Limiter, MemoryLimiter};
 use tracing::Instrument;
 
 use crate::api::{self, ApiState};
+use crate::audit::AuditLog;
 use crate::config::{AccountConfig, Config};
 use crate::db::Database;
 use crate::demo::{DemoSeed, DemoUpstream};
+use crate::jobs::{BillingJob, BillingTask, JobScheduler, RedisRunClaims, RunClaims, SqlRunClaims};
 use crate::routes::models::{models_from_catalog, ModelEntry};
 use crate::routes::{llm, models, ops};
 use crate::upstream::{store as account_store, CredentialCipher, Pools, Relay};
@@ -60,6 +62,8 @@ pub struct AppState {
     pub usage_writer: SqlUsageWriter,
     /// Billing (plans, wallets, subscriptions); also the keys' account standing.
     pub billing: Arc<Billing>,
+    /// The append-only audit log (on billing's pool).
+    pub audit: AuditLog,
     /// Models offered by `/v1/models`.
     pub models: Vec<ModelEntry>,
     /// The relay.
@@ -95,7 +99,10 @@ pub struct Gateway {
     pub price_source: String,
     /// The product API's state (`/api/...`, `/webhooks/...`).
     pub api: ApiState,
+    /// Billing's periodic jobs (renewals, expiry, dunning), one runner per tick.
+    pub scheduler: Arc<JobScheduler>,
     flusher: tokio::task::JoinHandle<()>,
+    jobs: tokio::task::JoinHandle<()>,
 }
 
 /// Billing's standing for the key service, set once billing exists: billing needs the key
@@ -213,6 +220,40 @@ impl Gateway {
         if standing.0.set(billing.clone()).is_err() {
             return Err(ServerError::Startup("billing standing wired twice".into()));
         }
+        let any_pool = billing_sql.pool().clone();
+        let audit = {
+            let (pool, clock) = (any_pool.clone(), Arc::clone(&clock));
+            crate::db::off_the_async_path(move || AuditLog::open(pool, clock))
+                .await
+                .map_err(|e| ServerError::Startup(format!("audit log: {e}")))?
+                .map_err(|e| ServerError::Startup(format!("audit log: {e}")))?
+        };
+        let claims: Arc<dyn RunClaims> = match &config.redis_url {
+            Some(url) => Arc::new(
+                RedisRunClaims::connect(url, "relay:jobs:")
+                    .await
+                    .map_err(|e| ServerError::Startup(format!("job claims: {e}")))?,
+            ),
+            None => {
+                let (pool, clock) = (any_pool.clone(), Arc::clone(&clock));
+                Arc::new(
+                    crate::db::off_the_async_path(move || SqlRunClaims::open(pool, clock))
+                        .await
+                        .map_err(|e| ServerError::Startup(format!("job claims: {e}")))?
+                        .map_err(|e| ServerError::Startup(format!("job claims: {e}")))?,
+                )
+            }
+        };
+        let billing_job = |task| Arc::new(BillingJob::new(billing.clone(), task));
+        let scheduler = Arc::new(
+            JobScheduler::new(claims, Arc::clone(&clock))
+                .with_job(billing_job(BillingTask::Renewals), Duration::from_secs(60))
+                .and_then(|s| s.with_job(billing_job(BillingTask::Expiry), Duration::from_secs(60)))
+                .and_then(|s| {
+                    s.with_job(billing_job(BillingTask::Dunning), Duration::from_secs(300))
+                })
+                .map_err(|e| ServerError::Startup(format!("jobs: {e}")))?,
+        );
         let webhook_events = db.webhook_events();
         let throttle: Arc<dyn Throttle> = match &redis {
             Some(conn) => Arc::new(relay_usage::RedisThrottle::new(
@@ -302,6 +343,7 @@ impl Gateway {
             .map_err(|e| ServerError::Startup(format!("HTTP client: {e}")))?;
         let (book, models, price_source) = load_prices(config.price_catalog.as_ref())?;
         let flusher = keys.spawn_use_flusher(Duration::from_secs(5));
+        let jobs = scheduler.spawn();
         let usage = Arc::new(MemoryUsageSink::new(1024));
         let usage_writer = SqlUsageWriter::spawn(db.usage_store(), WriterConfig::default());
         let sinks: Vec<Arc<dyn UsageSink>> = vec![usage.clone(), Arc::new(usage_writer.clone())];
@@ -318,6 +360,7 @@ impl Gateway {
             usage,
             usage_writer,
             billing,
+            audit,
             models,
             relay,
             max_body_bytes: config.max_body_bytes,
@@ -329,7 +372,9 @@ impl Gateway {
             demo_upstream,
             price_source,
             api: api_state,
+            scheduler,
             flusher,
+            jobs,
         })
     }
 
@@ -372,7 +417,7 @@ impl Gateway {
     }
 
     /// Serve on `listener` until `shutdown`, then drain in-flight requests (streams
-    /// included), write the queued usage records, flush buffered key uses, stop the demo upstream and close the database.
+    /// included), write the queued usage records, stop the jobs, flush buffered key uses, stop the demo upstream and close the database.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
@@ -392,6 +437,11 @@ impl Gateway {
             Err(e) => tracing::error!(error = %e, "usage records not all written at shutdown"),
         }
         self.flusher.abort();
+        // Runs in progress finish; no new tick starts.
+        self.scheduler.shutdown();
+        if let Err(e) = self.jobs.await {
+            tracing::warn!(error = %e, "job scheduler ended abnormally");
+        }
         if let Err(e) = self.state.keys.flush_uses().await {
             tracing::warn!(error = %e, "flushing API key uses at shutdown failed");
         }

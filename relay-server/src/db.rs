@@ -87,6 +87,20 @@ async fn migrate_auth(url: DatabaseUrl) -> Result<(), sqlx::Error> {
         .map_err(|e| sqlx::Error::Io(std::io::Error::other(e.to_string())))?
 }
 
+/// Drive `make()`'s future to completion on a blocking thread with this runtime's handle
+/// (its I/O stays on this runtime). For start-up steps whose futures are `Send` in fact but
+/// not provably so inside the server's `Send` start-up (sqlx `AnyPool` migrations, see
+/// [`migrate_auth`]).
+pub(crate) async fn off_the_async_path<T, F, M>(make: M) -> Result<T, tokio::task::JoinError>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = T>,
+    M: FnOnce() -> F + Send + 'static,
+{
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || handle.block_on(make())).await
+}
+
 /// An open database.
 #[derive(Debug, Clone)]
 pub enum Database {
@@ -170,20 +184,16 @@ impl Database {
         url: &DatabaseUrl,
     ) -> Result<relay_billing::store::SqlBillingStore, relay_billing::BillingError> {
         let url = url.clone();
-        let handle = tokio::runtime::Handle::current();
-        let job = move || {
-            handle.block_on(async {
-                match &url {
-                    DatabaseUrl::Sqlite(u) => relay_billing::store::sqlite::open(u).await,
-                    DatabaseUrl::Postgres(u) => {
-                        relay_billing::store::postgres::connect(u, None, 8).await
-                    }
+        off_the_async_path(move || async move {
+            match &url {
+                DatabaseUrl::Sqlite(u) => relay_billing::store::sqlite::open(u).await,
+                DatabaseUrl::Postgres(u) => {
+                    relay_billing::store::postgres::connect(u, None, 8).await
                 }
-            })
-        };
-        tokio::task::spawn_blocking(job).await.map_err(|e| {
-            relay_billing::BillingError::Store(format!("billing store start-up: {e}"))
-        })?
+            }
+        })
+        .await
+        .map_err(|e| relay_billing::BillingError::Store(format!("billing store start-up: {e}")))?
     }
 
     /// Close every connection.
