@@ -30,6 +30,7 @@ use crate::config::{AccountConfig, Config};
 use crate::db::Database;
 use crate::demo::{DemoSeed, DemoUpstream};
 use crate::jobs::{BillingJob, BillingTask, JobScheduler, RedisRunClaims, RunClaims, SqlRunClaims};
+use crate::notify::{DeliveryWorker, Notifications, Outbox, SmtpMailer};
 use crate::routes::models::{models_from_catalog, ModelEntry};
 use crate::routes::{llm, models, ops};
 use crate::upstream::{store as account_store, CredentialCipher, Pools, Relay};
@@ -48,8 +49,11 @@ pub struct AppState {
     pub keys: Arc<ApiKeyService>,
     /// Accounts.
     pub accounts: Arc<AccountService>,
-    /// Account notices (verification, reset) kept in memory: no mailer is wired yet.
-    pub outbox: Arc<MemoryOutbox>,
+    /// Account notices (verification, reset) kept in memory, when SMTP is not configured
+    /// (demo, tests).
+    pub outbox: Option<Arc<MemoryOutbox>>,
+    /// Notifications through the durable outbox, when SMTP is configured.
+    pub notifications: Option<Notifications>,
     /// The limiter (memory or Redis).
     pub limiter: Arc<dyn Limiter>,
     /// Prices.
@@ -103,6 +107,7 @@ pub struct Gateway {
     pub scheduler: Arc<JobScheduler>,
     flusher: tokio::task::JoinHandle<()>,
     jobs: tokio::task::JoinHandle<()>,
+    delivery: Option<(Arc<DeliveryWorker>, tokio::task::JoinHandle<()>)>,
 }
 
 /// Billing's standing for the key service, set once billing exists: billing needs the key
@@ -201,11 +206,6 @@ impl Gateway {
                 .map_err(|e| ServerError::Startup(e.to_string()))?
                 .with_standing(standing.clone()),
         );
-        let outbox = Arc::new(MemoryOutbox::new());
-        let accounts = Arc::new(
-            AccountService::new(Arc::clone(&store), outbox.clone(), Arc::clone(&clock))
-                .with_key_service(Arc::clone(&keys)),
-        );
         let billing_sql = Arc::new(
             Database::billing_store(&config.database)
                 .await
@@ -244,6 +244,37 @@ impl Gateway {
                 )
             }
         };
+        // Account mails: through the durable outbox when SMTP is configured, else kept in
+        // memory (demo, tests).
+        let (outbox, notifications, delivery, notifier) = match &config.mail {
+            None => {
+                let memory = Arc::new(MemoryOutbox::new());
+                let notifier: Arc<dyn relay_auth::Notifier> = memory.clone();
+                (Some(memory), None, None, notifier)
+            }
+            Some(mail) => {
+                let (pool, c) = (any_pool.clone(), Arc::clone(&clock));
+                let queue = crate::db::off_the_async_path(move || Outbox::open(pool, c))
+                    .await
+                    .map_err(|e| ServerError::Startup(format!("outbox: {e}")))?
+                    .map_err(|e| ServerError::Startup(format!("outbox: {e}")))?;
+                let mailer = SmtpMailer::new(&mail.smtp)
+                    .map_err(|e| ServerError::Startup(format!("SMTP: {e}")))?;
+                let worker = Arc::new(DeliveryWorker::new(
+                    queue.clone(),
+                    Arc::new(mailer),
+                    Arc::clone(&clock),
+                ));
+                let handle = worker.spawn(Duration::from_secs(5));
+                let notifications = Notifications::new(queue, "relay", mail.public_url.clone());
+                let notifier: Arc<dyn relay_auth::Notifier> = Arc::new(notifications.clone());
+                (None, Some(notifications), Some((worker, handle)), notifier)
+            }
+        };
+        let accounts = Arc::new(
+            AccountService::new(Arc::clone(&store), notifier, Arc::clone(&clock))
+                .with_key_service(Arc::clone(&keys)),
+        );
         let billing_job = |task| Arc::new(BillingJob::new(billing.clone(), task));
         let scheduler = Arc::new(
             JobScheduler::new(claims, Arc::clone(&clock))
@@ -354,6 +385,7 @@ impl Gateway {
             keys,
             accounts,
             outbox,
+            notifications,
             limiter,
             prices: Arc::new(book),
             sink,
@@ -375,6 +407,7 @@ impl Gateway {
             scheduler,
             flusher,
             jobs,
+            delivery,
         })
     }
 
@@ -441,6 +474,12 @@ impl Gateway {
         self.scheduler.shutdown();
         if let Err(e) = self.jobs.await {
             tracing::warn!(error = %e, "job scheduler ended abnormally");
+        }
+        if let Some((worker, handle)) = self.delivery {
+            worker.shutdown();
+            if let Err(e) = handle.await {
+                tracing::warn!(error = %e, "mail delivery ended abnormally");
+            }
         }
         if let Err(e) = self.state.keys.flush_uses().await {
             tracing::warn!(error = %e, "flushing API key uses at shutdown failed");

@@ -21,6 +21,12 @@
 //! | `STRIPE_SECRET`, `STRIPE_WEBHOOK_SECRET` | unset | both set: Stripe checkout at `/api/user/checkout` and its webhooks at `/webhooks/stripe`; one alone is refused |
 //! | `STRIPE_SUCCESS_URL`, `STRIPE_CANCEL_URL` | unset | required with Stripe: where Stripe sends the buyer back (http(s) URLs) |
 //! | `STRIPE_API_BASE` | `https://api.stripe.com` | Stripe's API base URL (a stand-in in tests) |
+//! | `SMTP_HOST` | unset | set: account mails go through the durable outbox and are delivered over SMTP; unset: kept in memory (demo, tests) |
+//! | `SMTP_PORT` | `587` (`465` with `tls`, `25` with `none`) | SMTP port |
+//! | `SMTP_TLS` | `starttls` | `starttls`, `tls`, or `none` (a local relay only) |
+//! | `SMTP_USERNAME`, `SMTP_PASSWORD` | unset | SMTP credentials (both or neither) |
+//! | `SMTP_FROM` | required with SMTP | the `From:` mailbox, like `Relay <no-reply@example.com>` |
+//! | `RELAY_PUBLIC_URL` | required with SMTP | the base URL of links in mails (http(s)) |
 //!
 //! The product API (`/api/user/...`, `/api/admin/...`, `/webhooks/...`) runs on the same
 //! database: billing, webhook events and durable usage records are migrated at start-up.
@@ -75,6 +81,9 @@ pub enum ConfigError {
         /// What is wrong (never the value).
         reason: String,
     },
+    /// The SMTP settings are incomplete or malformed.
+    #[error("SMTP: {0}")]
+    Smtp(String),
     /// The Stripe settings are incomplete or malformed.
     #[error("Stripe: {0}")]
     Stripe(String),
@@ -176,6 +185,27 @@ pub struct Args {
     /// Stripe's API base URL.
     #[arg(long, env = "STRIPE_API_BASE")]
     pub stripe_api_base: Option<String>,
+    /// SMTP server host; set, account mails are delivered through the durable outbox.
+    #[arg(long, env = "SMTP_HOST")]
+    pub smtp_host: Option<String>,
+    /// SMTP port.
+    #[arg(long, env = "SMTP_PORT")]
+    pub smtp_port: Option<u16>,
+    /// SMTP transport security: starttls, tls or none.
+    #[arg(long, env = "SMTP_TLS")]
+    pub smtp_tls: Option<String>,
+    /// SMTP user name.
+    #[arg(long, env = "SMTP_USERNAME")]
+    pub smtp_username: Option<String>,
+    /// SMTP password.
+    #[arg(long, env = "SMTP_PASSWORD", hide_env_values = true)]
+    pub smtp_password: Option<String>,
+    /// The `From:` mailbox of mails.
+    #[arg(long, env = "SMTP_FROM")]
+    pub smtp_from: Option<String>,
+    /// Base URL of links in mails.
+    #[arg(long, env = "RELAY_PUBLIC_URL")]
+    pub public_url: Option<String>,
 }
 
 impl Default for Args {
@@ -204,6 +234,13 @@ impl Default for Args {
             stripe_success_url: None,
             stripe_cancel_url: None,
             stripe_api_base: None,
+            smtp_host: None,
+            smtp_port: None,
+            smtp_tls: None,
+            smtp_username: None,
+            smtp_password: None,
+            smtp_from: None,
+            public_url: None,
         }
     }
 }
@@ -474,6 +511,81 @@ fn stripe_settings(args: &Args) -> Result<Option<StripeSettings>, ConfigError> {
     }
 }
 
+/// Mail delivery settings.
+#[derive(Debug, Clone)]
+pub struct MailSettings {
+    /// The SMTP server.
+    pub smtp: crate::notify::SmtpConfig,
+    /// Base URL of links in mails.
+    pub public_url: String,
+}
+
+fn mail_settings(args: &Args) -> Result<Option<MailSettings>, ConfigError> {
+    let Some(host) = non_empty(&args.smtp_host) else {
+        return Ok(None);
+    };
+    use crate::notify::SmtpTls;
+    let smtp = |m: String| ConfigError::Smtp(m);
+    let tls = match non_empty(&args.smtp_tls)
+        .map(|t| t.to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("starttls") => SmtpTls::StartTls,
+        Some("tls") => SmtpTls::Tls,
+        Some("none") => SmtpTls::None,
+        Some(other) => {
+            return Err(smtp(format!(
+                "SMTP_TLS `{other}` is not one of starttls, tls, none"
+            )))
+        }
+    };
+    let port = match (args.smtp_port, tls) {
+        (Some(0), _) => return Err(smtp("SMTP_PORT must be between 1 and 65535".into())),
+        (Some(p), _) => p,
+        (None, SmtpTls::StartTls) => 587,
+        (None, SmtpTls::Tls) => 465,
+        (None, SmtpTls::None) => 25,
+    };
+    let credentials = match (
+        non_empty(&args.smtp_username),
+        non_empty(&args.smtp_password),
+    ) {
+        (None, None) => None,
+        (Some(u), Some(p)) => Some((u, p)),
+        _ => {
+            return Err(smtp(
+                "set both SMTP_USERNAME and SMTP_PASSWORD, or neither".into(),
+            ))
+        }
+    };
+    let from = non_empty(&args.smtp_from)
+        .ok_or_else(|| smtp("SMTP_FROM is required with SMTP_HOST".into()))?;
+    if from.parse::<lettre::message::Mailbox>().is_err() {
+        return Err(smtp(format!("SMTP_FROM `{from}` is not a mailbox")));
+    }
+    let public_url = non_empty(&args.public_url)
+        .ok_or_else(|| smtp("RELAY_PUBLIC_URL is required with SMTP_HOST".into()))?;
+    match url::Url::parse(&public_url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+        _ => {
+            return Err(smtp(format!(
+                "RELAY_PUBLIC_URL `{public_url}` is not an http(s) URL"
+            )))
+        }
+    }
+    Ok(Some(MailSettings {
+        smtp: crate::notify::SmtpConfig {
+            host,
+            port,
+            tls,
+            credentials,
+            from,
+            timeout: Duration::from_secs(30),
+        },
+        public_url: public_url.trim_end_matches('/').to_owned(),
+    }))
+}
+
 /// Validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -501,6 +613,8 @@ pub struct Config {
     pub accounts: Vec<AccountConfig>,
     /// Stripe checkout, when configured.
     pub stripe: Option<StripeSettings>,
+    /// Mail delivery, when SMTP is configured.
+    pub mail: Option<MailSettings>,
 }
 
 const DEFAULT_DATABASE: &str = "sqlite://relay.db";
@@ -682,6 +796,7 @@ impl Config {
             a.validate()?;
         }
         let stripe = stripe_settings(args)?;
+        let mail = mail_settings(args)?;
         Ok(Self {
             database,
             redis_url,
@@ -694,6 +809,7 @@ impl Config {
             timeouts,
             accounts,
             stripe,
+            mail,
         })
     }
 }
@@ -872,6 +988,59 @@ base_url = "https://llm.example.com/v1/"
         assert_eq!(ok.secret, "sk_test_1");
         assert_eq!(ok.api_base, None);
         assert!(!format!("{ok:?}").contains("sk_test_1"));
+    }
+
+    #[test]
+    fn smtp_needs_a_sender_and_a_public_url() {
+        assert!(Config::from_args(&Args::default()).unwrap().mail.is_none());
+        let full = Args {
+            smtp_host: Some("smtp.example.com".into()),
+            smtp_from: Some("Relay <no-reply@example.com>".into()),
+            public_url: Some("https://relay.example/".into()),
+            ..Args::default()
+        };
+        let mail = Config::from_args(&full).unwrap().mail.unwrap();
+        assert_eq!(mail.smtp.port, 587);
+        assert_eq!(mail.public_url, "https://relay.example");
+        let tls = Config::from_args(&Args {
+            smtp_tls: Some("TLS".into()),
+            ..full.clone()
+        })
+        .unwrap()
+        .mail
+        .unwrap();
+        assert_eq!(tls.smtp.port, 465);
+        let refused = [
+            Args {
+                smtp_from: None,
+                ..full.clone()
+            },
+            Args {
+                smtp_from: Some("not a mailbox".into()),
+                ..full.clone()
+            },
+            Args {
+                public_url: Some("relay.example".into()),
+                ..full.clone()
+            },
+            Args {
+                smtp_tls: Some("ssl3".into()),
+                ..full.clone()
+            },
+            Args {
+                smtp_port: Some(0),
+                ..full.clone()
+            },
+            Args {
+                smtp_password: Some("hunter2hunter2".into()),
+                ..full.clone()
+            },
+        ];
+        for args in refused {
+            let e = Config::from_args(&args).unwrap_err();
+            assert!(matches!(e, ConfigError::Smtp(_)), "{e}");
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
     }
 
     #[test]

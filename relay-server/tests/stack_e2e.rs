@@ -48,6 +48,8 @@ async fn register_to_metered_call_on_sqlite() {
     let token = s
         .state
         .outbox
+        .as_ref()
+        .expect("no SMTP: notices kept in memory")
         .last_token(&Email::parse(email).unwrap(), false)
         .expect("verification notice");
     let (status, v) = api(&s, "/api/user/verify-email", None, json!({"token": token})).await;
@@ -112,4 +114,60 @@ async fn register_to_metered_call_on_sqlite() {
         u64::try_from(rows[0].3).unwrap(),
         events[0].usage.input_tokens
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_smtp_account_mail_goes_through_the_durable_outbox() {
+    use base64::Engine as _;
+    use relay_server::config::{Args, Config};
+    use relay_server::notify::Status;
+    use tower::ServiceExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    // A port nothing listens on: delivery fails and is retried; the row stays queued.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let config = Config::load(&Args {
+        database_url: format!("sqlite://{}", dir.path().join("relay.db").display()),
+        encryption_key: Some(b64(&[3u8; 32])),
+        key_pepper: Some(b64(&[5u8; 32])),
+        price_catalog: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/data/demo_prices.json").into()),
+        smtp_host: Some("127.0.0.1".into()),
+        smtp_port: Some(port),
+        smtp_tls: Some("none".into()),
+        smtp_from: Some("Relay <no-reply@example.com>".into()),
+        public_url: Some("https://relay.example".into()),
+        ..Args::default()
+    })
+    .unwrap();
+    let gateway = relay_server::Gateway::build(&config).await.unwrap();
+    assert!(gateway.state.outbox.is_none());
+    let notifications = gateway.state.notifications.clone().expect("SMTP on");
+    let res = gateway
+        .router()
+        .oneshot(
+            axum::http::Request::post("/api/user/register")
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(
+                    json!({"email": "mail@example.com", "password": PASSWORD}).to_string(),
+                ))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let mut queued = Vec::new();
+    for status in [Status::Pending, Status::Sent, Status::Dead] {
+        queued.extend(notifications.outbox().list(status, 50).await.unwrap());
+    }
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    assert_eq!(queued[0].recipient, "mail@example.com");
+    assert_eq!(queued[0].kind, "verification");
+    assert_ne!(queued[0].status, Status::Sent);
+
+    // Graceful shutdown stops the delivery worker and the jobs.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    gateway.serve(listener, async {}).await.unwrap();
 }
