@@ -504,7 +504,10 @@ async fn observe(mut req: Request, next: Next) -> Response {
     let mut res = next.run(req).instrument(span).await;
     let status = res.status().as_u16();
     crate::metrics::request(route, status);
-    let llm = !matches!(route, "/healthz" | "/readyz" | "/metrics" | "other");
+    let llm = !matches!(
+        route,
+        "/healthz" | "/readyz" | "/metrics" | "/api" | "/webhooks" | "other"
+    );
     if llm {
         match status {
             401 => crate::metrics::denial("unauthenticated"),

@@ -97,6 +97,22 @@ pub fn route_label(path: &str) -> &'static str {
             "/v1beta/models/:streamGenerateContent"
         }
         p if p.starts_with("/v1beta/models/") => "/v1beta/models/:generateContent",
+        p if p.starts_with("/api/") => "/api",
+        p if p.starts_with("/webhooks/") => "/webhooks",
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route_label;
+
+    #[test]
+    fn product_api_paths_share_bounded_labels() {
+        assert_eq!(route_label("/api/user/keys"), "/api");
+        assert_eq!(route_label("/api/admin/users/usr_1/role"), "/api");
+        assert_eq!(route_label("/webhooks/stripe"), "/webhooks");
+        assert_eq!(route_label("/apix"), "other");
+        assert_eq!(route_label("/v1/messages"), "/v1/messages");
     }
 }
