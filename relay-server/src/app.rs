@@ -29,7 +29,9 @@ use crate::audit::AuditLog;
 use crate::config::{AccountConfig, Config};
 use crate::db::Database;
 use crate::demo::{DemoSeed, DemoUpstream};
-use crate::jobs::{BillingJob, BillingTask, JobScheduler, RedisRunClaims, RunClaims, SqlRunClaims};
+use crate::jobs::{
+    BillingJob, BillingTask, JobScheduler, RedisRunClaims, RunClaims, SqlRunClaims, UsageFlushJob,
+};
 use crate::notify::{DeliveryWorker, Notifications, Outbox, SmtpMailer};
 use crate::routes::models::{models_from_catalog, ModelEntry};
 use crate::routes::{llm, models, ops};
@@ -68,6 +70,9 @@ pub struct AppState {
     pub billing: Arc<Billing>,
     /// The append-only audit log (on billing's pool).
     pub audit: AuditLog,
+    /// Billing's periodic jobs (renewals, expiry, dunning, usage into the ledger), one
+    /// runner per tick.
+    pub scheduler: Arc<JobScheduler>,
     /// Models offered by `/v1/models`.
     pub models: Vec<ModelEntry>,
     /// The relay.
@@ -103,8 +108,6 @@ pub struct Gateway {
     pub price_source: String,
     /// The product API's state (`/api/...`, `/webhooks/...`).
     pub api: ApiState,
-    /// Billing's periodic jobs (renewals, expiry, dunning), one runner per tick.
-    pub scheduler: Arc<JobScheduler>,
     flusher: tokio::task::JoinHandle<()>,
     jobs: tokio::task::JoinHandle<()>,
     delivery: Option<(Arc<DeliveryWorker>, tokio::task::JoinHandle<()>)>,
@@ -283,6 +286,14 @@ impl Gateway {
                 .and_then(|s| {
                     s.with_job(billing_job(BillingTask::Dunning), Duration::from_secs(300))
                 })
+                .and_then(|s| {
+                    // Durable usage records into the ledger, each charged once.
+                    let source = Arc::new(crate::usage_charges::RecordUsageSource::new(db.clone()));
+                    s.with_job(
+                        Arc::new(UsageFlushJob::new(billing.clone(), source)),
+                        Duration::from_secs(60),
+                    )
+                })
                 .map_err(|e| ServerError::Startup(format!("jobs: {e}")))?,
         );
         let webhook_events = db.webhook_events();
@@ -393,6 +404,7 @@ impl Gateway {
             usage_writer,
             billing,
             audit,
+            scheduler,
             models,
             relay,
             max_body_bytes: config.max_body_bytes,
@@ -404,7 +416,6 @@ impl Gateway {
             demo_upstream,
             price_source,
             api: api_state,
-            scheduler,
             flusher,
             jobs,
             delivery,
@@ -471,7 +482,7 @@ impl Gateway {
         }
         self.flusher.abort();
         // Runs in progress finish; no new tick starts.
-        self.scheduler.shutdown();
+        self.state.scheduler.shutdown();
         if let Err(e) = self.jobs.await {
             tracing::warn!(error = %e, "job scheduler ended abnormally");
         }

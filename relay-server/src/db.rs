@@ -30,7 +30,9 @@ async fn migrate_sqlite(pool: &SqlitePool) -> Result<(), sqlx::Error> {
         .map_err(other)?;
     relay_payments::store::sqlite::migrate(pool)
         .await
-        .map_err(other)
+        .map_err(other)?;
+    sqlx::query(USAGE_CHARGED).execute(pool).await?;
+    Ok(())
 }
 
 /// relay-auth's, relay-usage's and relay-payments' tables on PostgreSQL.
@@ -41,8 +43,15 @@ async fn migrate_postgres(pool: &PgPool) -> Result<(), sqlx::Error> {
         .map_err(other)?;
     relay_payments::store::postgres::migrate(pool)
         .await
-        .map_err(other)
+        .map_err(other)?;
+    sqlx::query(USAGE_CHARGED).execute(pool).await?;
+    Ok(())
 }
+
+/// Usage records already charged to billing (see [`crate::usage_charges`]); same text on
+/// both databases.
+const USAGE_CHARGED: &str = "CREATE TABLE IF NOT EXISTS server_usage_charged (\
+     request_id TEXT PRIMARY KEY NOT NULL, charged_at_ms BIGINT NOT NULL)";
 
 /// Run relay-auth's (and relay-usage's and relay-payments') migrations on a short-lived connection of their own, on a blocking
 /// thread with its own small runtime. Their futures are `Send` in fact, but rustc cannot

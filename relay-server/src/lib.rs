@@ -19,6 +19,7 @@ pub mod notify;
 pub mod routes;
 pub mod sink;
 pub mod upstream;
+pub mod usage_charges;
 
 use std::future::Future;
 

@@ -186,6 +186,28 @@ async fn relays_and_meters(backend: &Backend) {
     assert_eq!(s.state.usage.recent().len(), 5);
     assert_eq!(s.in_flight_settles(&key_id).await, 0);
 
+    // Stop the jobs first: only this test charges usage.
+    s.state.scheduler.shutdown();
+    // The same events are durable, and billing's usage source offers each costed one once.
+    s.state.usage_writer.flush().await.unwrap();
+    let source = relay_server::usage_charges::RecordUsageSource::new(s.state.db.clone());
+    let pending = relay_billing::jobs::UsageSource::pending(&source)
+        .await
+        .unwrap();
+    let mut expected: Vec<(String, Money)> = s
+        .state
+        .usage
+        .recent()
+        .iter()
+        .filter(|e| !e.cost.is_zero())
+        .map(|e| (format!("usage:{}", e.request_id), e.cost))
+        .collect();
+    let mut offered: Vec<(String, Money)> =
+        pending.into_iter().map(|b| (b.batch_id, b.cost)).collect();
+    expected.sort_by(|a, b| a.0.cmp(&b.0));
+    offered.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(offered, expected);
+
     // Metrics saw it all.
     let m = s
         .http

@@ -8,7 +8,9 @@ mod common;
 
 use common::{Backend, TestServer};
 use relay_auth::Email;
+use relay_billing::jobs::UsageSource;
 use relay_server::db::Database;
+use relay_server::usage_charges::RecordUsageSource;
 use serde_json::{json, Value};
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -89,6 +91,44 @@ async fn register_to_metered_call_on_sqlite() {
     assert_eq!(events[0].model, "claude-sonnet-4-5");
     assert!(events[0].usage.input_tokens > 0);
     let request_id = events[0].request_id.clone();
+
+    // The usage job's source offers the durable record as one batch; charging it moves the
+    // wallet by exactly its cost, once.
+    // Stop the jobs first: only this test charges usage.
+    s.state.scheduler.shutdown();
+    s.state.usage_writer.flush().await.unwrap();
+    let source = RecordUsageSource::new(s.state.db.clone());
+    let pending = source.pending().await.unwrap();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!(pending[0].cost, events[0].cost);
+    let user: relay_core::UserId = user_id.parse().unwrap();
+    let currency = s.state.billing.config().default_currency;
+    let before = s
+        .state
+        .billing
+        .store()
+        .wallet(&user, currency)
+        .await
+        .unwrap();
+    relay_billing::jobs::usage_to_ledger(&s.state.billing, &source)
+        .await
+        .unwrap();
+    assert!(source.pending().await.unwrap().is_empty());
+    relay_billing::jobs::usage_to_ledger(&s.state.billing, &source)
+        .await
+        .unwrap();
+    let after = s
+        .state
+        .billing
+        .store()
+        .wallet(&user, currency)
+        .await
+        .unwrap();
+    assert_eq!(
+        before.balance.amount() - after.balance.amount(),
+        events[0].cost.amount()
+    );
+    assert!(source.confirm("not-a-usage-batch").await.is_err());
 
     // Graceful shutdown drains the durable writer: the record is in the database after.
     let Database::Sqlite(pool) = &s.state.db else {
