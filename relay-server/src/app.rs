@@ -38,6 +38,9 @@ use crate::routes::{llm, models, ops};
 use crate::upstream::{store as account_store, CredentialCipher, Pools, Relay};
 use crate::ServerError;
 
+/// Wallet credit given to the demo user (in billing's default currency).
+pub const DEMO_CREDIT: i64 = 1000;
+
 /// The small catalog used when no other is found (the demo's models).
 pub const EMBEDDED_CATALOG: &str = include_str!("../data/demo_prices.json");
 
@@ -365,6 +368,22 @@ impl Gateway {
                         weight: 1,
                     });
                 }
+                // Usage is charged to the wallet every minute, and a negative wallet refuses
+                // the key: credit the demo user once (idempotent by the user's id).
+                let credit = relay_core::Money::new(
+                    rust_decimal::Decimal::from(DEMO_CREDIT),
+                    billing.config().default_currency,
+                );
+                billing
+                    .adjust(
+                        &seed.user_id,
+                        credit,
+                        "demo credit",
+                        "system",
+                        &format!("demo-credit:{}", seed.user_id),
+                    )
+                    .await
+                    .map_err(|e| ServerError::Startup(format!("demo credit: {e}")))?;
                 (Some(seed), upstream)
             }
         };

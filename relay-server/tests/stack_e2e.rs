@@ -211,3 +211,34 @@ async fn with_smtp_account_mail_goes_through_the_durable_outbox() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     gateway.serve(listener, async {}).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_user_is_credited_once_across_restarts() {
+    use base64::Engine as _;
+    use relay_server::config::{Args, Config};
+
+    let dir = tempfile::tempdir().unwrap();
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let config = Config::load(&Args {
+        database_url: format!("sqlite://{}", dir.path().join("demo.db").display()),
+        encryption_key: Some(b64(&[3u8; 32])),
+        key_pepper: Some(b64(&[5u8; 32])),
+        demo: true,
+        demo_key: Some(format!("rk_live_{}", "e".repeat(43))),
+        ..Args::default()
+    })
+    .unwrap();
+    for _ in 0..2 {
+        let gateway = relay_server::Gateway::build(&config).await.unwrap();
+        let user = gateway.demo.as_ref().unwrap().user_id.clone();
+        let billing = gateway.state.billing.clone();
+        let currency = billing.config().default_currency;
+        let wallet = billing.store().wallet(&user, currency).await.unwrap();
+        assert_eq!(
+            wallet.balance.amount(),
+            rust_decimal::Decimal::from(relay_server::app::DEMO_CREDIT)
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        gateway.serve(listener, async {}).await.unwrap();
+    }
+}
