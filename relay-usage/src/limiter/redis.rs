@@ -200,13 +200,25 @@ impl RedisLimiter {
         inv: redis::ScriptInvocation<'_>,
     ) -> Result<T, LimiterError> {
         let mut conn = self.conn.clone();
-        match tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn)).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(LimiterError::Unavailable(e.to_string())),
-            Err(_) => Err(LimiterError::Unavailable(format!(
-                "redis did not answer within {:?}",
-                self.timeout
-            ))),
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        // `invoke_async` loads the script on NOSCRIPT and retries once; a `SCRIPT FLUSH`
+        // landing between that load and the retry (or a failover to a replica without the
+        // script) gets two more tries. Scripts are idempotent until they run, so retrying
+        // a NOSCRIPT is safe.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match tokio::time::timeout_at(deadline, inv.invoke_async(&mut conn)).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) if e.kind() == redis::ErrorKind::NoScriptError && attempts < 3 => {}
+                Ok(Err(e)) => return Err(LimiterError::Unavailable(e.to_string())),
+                Err(_) => {
+                    return Err(LimiterError::Unavailable(format!(
+                        "redis did not answer within {:?}",
+                        self.timeout
+                    )))
+                }
+            }
         }
     }
 
