@@ -104,9 +104,11 @@ async fn one_evalsha_per_admission_and_per_settlement() {
     // Exactly one script call per admission and one per settlement, and nothing else.
     assert_eq!(calls(&info, "evalsha"), 2 * n, "{info}");
     assert_eq!(calls(&info, "eval"), 0);
-    // Inside the scripts, one GET and one SET each move the whole state at once.
+    // Inside the scripts, one GET and one SET each move the whole state at once; the
+    // admission also reads the key's TTL, and only pushes it out when it runs short.
     assert_eq!(calls(&info, "get"), 2 * n, "{info}");
     assert_eq!(calls(&info, "set"), 2 * n, "{info}");
+    assert_eq!(calls(&info, "pttl"), n, "{info}");
     assert_eq!(
         calls(&info, "hincrby") + calls(&info, "hset") + calls(&info, "zadd"),
         0

@@ -153,9 +153,17 @@ end
 s[lp] = live + 1
 s[lp + 1 + 2 * live] = id
 s[lp + 2 + 2 * live] = now + ttl
+-- Setting an expiry costs more than reading one: the TTL is only pushed out (to twice what
+-- is needed) when what is left would not cover what the state must outlive.
 if expire > 0 then
   if expire < 2 * ttl then expire = 2 * ttl end
-  redis.call('SET', KEYS[1], cmsgpack.pack(s), 'PX', expire)
+  local left = -2
+  if raw then left = redis.call('PTTL', KEYS[1]) end
+  if left >= expire then
+    redis.call('SET', KEYS[1], cmsgpack.pack(s), 'KEEPTTL')
+  else
+    redis.call('SET', KEYS[1], cmsgpack.pack(s), 'PX', 2 * expire)
+  end
 else
   redis.call('SET', KEYS[1], cmsgpack.pack(s))
 end
