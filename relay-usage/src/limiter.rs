@@ -248,6 +248,25 @@ pub struct Ticket {
     pub reserved_cost_units: u64,
 }
 
+impl Ticket {
+    /// The ticket of `req`, admitted at `now` with these reservations.
+    pub(crate) fn reserve(
+        req: &AdmissionRequest<'_>,
+        now: i64,
+        tokens: u64,
+        cost_units: u64,
+    ) -> Self {
+        Ticket {
+            key: req.key.clone(),
+            request_id: req.request_id.clone(),
+            policy: Arc::clone(req.policy),
+            admitted_at_ms: now,
+            reserved_tokens: tokens,
+            reserved_cost_units: cost_units,
+        }
+    }
+}
+
 /// A limiter backend.
 #[async_trait]
 pub trait Limiter: Send + Sync + fmt::Debug + 'static {

@@ -254,14 +254,7 @@ impl MemoryLimiter {
         state
             .leases
             .push((lease_id(req.request_id), now + self.lease_ttl_ms));
-        Ok(Ticket {
-            key: req.key.clone(),
-            request_id: req.request_id.clone(),
-            policy: Arc::clone(policy),
-            admitted_at_ms: now,
-            reserved_tokens: add.tokens,
-            reserved_cost_units: add.cost,
-        })
+        Ok(Ticket::reserve(req, now, add.tokens, add.cost))
     }
 
     /// Settle synchronously (what [`Limiter::settle`] does, without the future).

@@ -324,14 +324,7 @@ impl Limiter for RedisLimiter {
         }
         let mut inv = self.admit.prepare_invoke();
         inv.key(self.redis_key(req.key)).arg(msgpack_ints(&args));
-        let ticket = Ticket {
-            key: req.key.clone(),
-            request_id: req.request_id.clone(),
-            policy: Arc::clone(policy),
-            admitted_at_ms: now,
-            reserved_tokens: tokens,
-            reserved_cost_units: cost,
-        };
+        let ticket = Ticket::reserve(req, now, tokens, cost);
         match self.run::<Vec<i64>>(inv).await {
             Ok(r) if r.first() == Some(&1) => Ok(Ok(ticket)),
             Ok(r) => Ok(Err(denial(policy, &r)?)),
