@@ -168,7 +168,15 @@ fn random_bytes<const N: usize>() -> Result<[u8; N], ServerError> {
 impl Gateway {
     /// Connect, migrate, seed (demo), load accounts and prices, and build the router.
     pub async fn build(config: &Config) -> Result<Self, ServerError> {
-        let clock: SharedClock = Arc::new(SystemClock);
+        Self::build_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// [`Gateway::build`] on `clock`: every component (limiter, keys, billing, jobs) reads
+    /// time from it, so tests can let a subscription lapse on a manual clock.
+    pub async fn build_with_clock(
+        config: &Config,
+        clock: SharedClock,
+    ) -> Result<Self, ServerError> {
         let db = Database::connect(&config.database).await.map_err(|e| {
             ServerError::Startup(format!("database {}: {e}", config.database.redacted()))
         })?;
@@ -277,9 +285,16 @@ impl Gateway {
                 (None, Some(notifications), Some((worker, handle)), notifier)
             }
         };
+        // With mail delivered, an address must be verified before its owner can log in
+        // (and so pay or make keys); without SMTP nobody could verify, so it is not asked.
+        let account_config = relay_auth::AccountConfig {
+            require_verified_email: config.mail.is_some(),
+            ..relay_auth::AccountConfig::default()
+        };
         let accounts = Arc::new(
             AccountService::new(Arc::clone(&store), notifier, Arc::clone(&clock))
-                .with_key_service(Arc::clone(&keys)),
+                .with_key_service(Arc::clone(&keys))
+                .with_config(account_config),
         );
         let billing_job = |task| Arc::new(BillingJob::new(billing.clone(), task));
         let scheduler = Arc::new(

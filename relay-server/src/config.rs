@@ -21,7 +21,7 @@
 //! | `STRIPE_SECRET`, `STRIPE_WEBHOOK_SECRET` | unset | both set: Stripe checkout at `/api/user/checkout` and its webhooks at `/webhooks/stripe`; one alone is refused |
 //! | `STRIPE_SUCCESS_URL`, `STRIPE_CANCEL_URL` | unset | required with Stripe: where Stripe sends the buyer back (http(s) URLs) |
 //! | `STRIPE_API_BASE` | `https://api.stripe.com` | Stripe's API base URL (a stand-in in tests) |
-//! | `SMTP_HOST` | unset | set: account mails go through the durable outbox and are delivered over SMTP; unset: kept in memory (demo, tests) |
+//! | `SMTP_HOST` | unset | set: account mails go through the durable outbox and are delivered over SMTP, and an address must be verified before its owner can log in; unset: kept in memory (demo, tests), no verification asked |
 //! | `SMTP_PORT` | `587` (`465` with `tls`, `25` with `none`) | SMTP port |
 //! | `SMTP_TLS` | `starttls` | `starttls`, `tls`, or `none` (a local relay only) |
 //! | `SMTP_USERNAME`, `SMTP_PASSWORD` | unset | SMTP credentials (both or neither) |

@@ -2,7 +2,7 @@
 //! register, read the verification notice, verify, log in, buy a plan through a Stripe
 //! checkout (local stand-in), get keys, let the subscription lapse on the manual clock
 //! (key refused), pay again (key works), refund; ledger and invoices checked at each step.
-//! On memory, SQLite and (when reachable) PostgreSQL.
+//! On memory, SQLite and PostgreSQL (the gateway half of the loop: `full_loop.rs`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod api_support;
@@ -13,9 +13,9 @@ use relay_auth::{KeyRejection, Role};
 use serde_json::{json, Value};
 
 /// What the gateway does with a key before relaying `/v1/messages`: authenticate it
-/// (the `ApiKeyAuthLayer` path). The lead replaces this with a real `/v1/messages`
-/// call through the gateway and demo upstream once the gateway is merged.
-async fn gateway_call_with_key(h: &Harness, key: &str) -> Result<(), KeyRejection> {
+/// (the `ApiKeyAuthLayer` path, standing included). This harness has the API only; the
+/// same loop with real `/v1/messages` calls through the served gateway is `full_loop.rs`.
+async fn key_authenticates(h: &Harness, key: &str) -> Result<(), KeyRejection> {
     h.keys.authenticate(key).await.map(|_| ())
 }
 
@@ -235,7 +235,7 @@ async fn sign_up_to_paid_key(backend: Backend) {
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{v}");
     assert_eq!(v["error"]["code"], "key_limit");
-    gateway_call_with_key(&h, &key).await.unwrap();
+    key_authenticates(&h, &key).await.unwrap();
 
     // The period ends unpaid (empty wallet): past due, then suspended; the key is refused.
     h.clock
@@ -257,7 +257,7 @@ async fn sign_up_to_paid_key(backend: Backend) {
         .ok("GET", "/api/user/subscription", Some(&user), None)
         .await;
     assert_eq!(sub["status"], "suspended");
-    let refused = gateway_call_with_key(&h, &key).await.unwrap_err();
+    let refused = key_authenticates(&h, &key).await.unwrap_err();
     assert!(
         matches!(
             refused,
@@ -291,7 +291,7 @@ async fn sign_up_to_paid_key(backend: Backend) {
         .ok("GET", "/api/user/subscription", Some(&user), None)
         .await;
     assert_eq!(sub["status"], "active");
-    gateway_call_with_key(&h, &key).await.unwrap();
+    key_authenticates(&h, &key).await.unwrap();
     assert_eq!(balance(&h, &user).await, usd("10.00"));
     let invoices = h.ok("GET", "/api/user/invoices", Some(&user), None).await;
     assert_eq!(invoices[1]["status"], "paid");

@@ -255,3 +255,4 @@ impl TestServer {
         self._dir
     }
 }
+pub mod smtp;
