@@ -15,6 +15,8 @@ use chrono::{DateTime, Duration, Utc};
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql_impl;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
