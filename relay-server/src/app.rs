@@ -112,6 +112,7 @@ pub struct Gateway {
     /// The product API's state (`/api/...`, `/webhooks/...`).
     pub api: ApiState,
     flusher: tokio::task::JoinHandle<()>,
+    key_bus: Option<tokio::task::JoinHandle<()>>,
     jobs: tokio::task::JoinHandle<()>,
     delivery: Option<(Arc<DeliveryWorker>, tokio::task::JoinHandle<()>)>,
 }
@@ -165,6 +166,9 @@ fn random_bytes<const N: usize>() -> Result<[u8; N], ServerError> {
     Ok(b)
 }
 
+/// The Redis pub/sub channel of API-key cache invalidations between instances.
+pub const KEY_INVALIDATION_CHANNEL: &str = "relay:keys:invalidate";
+
 impl Gateway {
     /// Connect, migrate, seed (demo), load accounts and prices, and build the router.
     pub async fn build(config: &Config) -> Result<Self, ServerError> {
@@ -215,11 +219,26 @@ impl Gateway {
             CredentialCipher::new(&enc_key).map_err(|e| ServerError::Startup(e.to_string()))?;
         let store = db.auth_store();
         let standing = Arc::new(LateStanding::default());
-        let keys = Arc::new(
-            ApiKeyService::new(Arc::clone(&store), &pepper, Arc::clone(&clock))
-                .map_err(|e| ServerError::Startup(e.to_string()))?
-                .with_standing(standing.clone()),
-        );
+        let mut keys = ApiKeyService::new(Arc::clone(&store), &pepper, Arc::clone(&clock))
+            .map_err(|e| ServerError::Startup(e.to_string()))?
+            .with_standing(standing.clone());
+        // Instances sharing a Redis tell each other about revoked keys and changed
+        // standing, so no instance serves a stale key for the cache's lifetime.
+        let key_bus = match &config.redis_url {
+            None => None,
+            Some(url) => {
+                let (bus, task) = relay_auth::keys::redis_bus::RedisKeyBus::start(
+                    url.as_str(),
+                    KEY_INVALIDATION_CHANNEL,
+                    keys.cache().clone(),
+                )
+                .await
+                .map_err(|e| ServerError::Startup(format!("key invalidation bus: {e}")))?;
+                keys = keys.with_bus(bus);
+                Some(task)
+            }
+        };
+        let keys = Arc::new(keys);
         let billing_sql = Arc::new(
             Database::billing_store(&config.database)
                 .await
@@ -451,6 +470,7 @@ impl Gateway {
             price_source,
             api: api_state,
             flusher,
+            key_bus,
             jobs,
             delivery,
         })
@@ -515,6 +535,9 @@ impl Gateway {
             Err(e) => tracing::error!(error = %e, "usage records not all written at shutdown"),
         }
         self.flusher.abort();
+        if let Some(bus) = &self.key_bus {
+            bus.abort();
+        }
         // Runs in progress finish; no new tick starts.
         self.state.scheduler.shutdown();
         if let Err(e) = self.jobs.await {
