@@ -69,6 +69,9 @@ pub struct AppState {
     pub usage: Arc<MemoryUsageSink>,
     /// The durable usage records behind `sink` (drained at shutdown).
     pub usage_writer: SqlUsageWriter,
+    /// Real-time aggregates in Redis behind `sink`, when Redis is configured (written at
+    /// shutdown).
+    pub usage_aggregates: Option<relay_usage::sink::redis::RedisUsageAggregates>,
     /// Billing (plans, wallets, subscriptions); also the keys' account standing.
     pub billing: Arc<Billing>,
     /// The append-only audit log (on billing's pool).
@@ -441,7 +444,19 @@ impl Gateway {
         let jobs = scheduler.spawn();
         let usage = Arc::new(MemoryUsageSink::new(1024));
         let usage_writer = SqlUsageWriter::spawn(db.usage_store(), WriterConfig::default());
-        let sinks: Vec<Arc<dyn UsageSink>> = vec![usage.clone(), Arc::new(usage_writer.clone())];
+        let mut sinks: Vec<Arc<dyn UsageSink>> = vec![usage.clone()];
+        // With Redis, real-time aggregates are shared by every instance, batched in process
+        // (one script per flush interval, not per request).
+        let usage_aggregates = redis.as_ref().map(|conn| {
+            relay_usage::sink::redis::RedisUsageAggregates::start(
+                conn.clone(),
+                relay_usage::sink::redis::AggregatesConfig::default(),
+            )
+        });
+        if let Some(a) = &usage_aggregates {
+            sinks.push(Arc::new(a.clone()));
+        }
+        sinks.push(Arc::new(usage_writer.clone()));
         let sink = crate::sink::ObservedSink::new(Arc::new(crate::sink::FanOutSink::new(sinks)));
         let state = Arc::new(AppState {
             db,
@@ -455,6 +470,7 @@ impl Gateway {
             sink,
             usage,
             usage_writer,
+            usage_aggregates,
             billing,
             audit,
             scheduler,
@@ -529,6 +545,11 @@ impl Gateway {
         .with_graceful_shutdown(shutdown)
         .await?;
         tracing::info!("in-flight requests drained; flushing");
+        if let Some(a) = &self.state.usage_aggregates {
+            if let Err(e) = a.shutdown().await {
+                tracing::error!(error = %e, "usage aggregates not all written at shutdown");
+            }
+        }
         // Every metered request has recorded its event by now: drain them to the database.
         match self.state.usage_writer.shutdown().await {
             Ok(report) => tracing::info!(written = report.written, "usage records flushed"),

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::TestServer;
 use relay_core::{AccountStatus, Budget, BudgetPeriod, Currency, KeyPolicy, Money, RateWindow};
+use relay_usage::sink::{Granularity, Scope};
 use rust_decimal::Decimal;
 use serde_json::json;
 
@@ -126,6 +127,25 @@ async fn two_instances_share_limits_revocations_and_usage() {
     let from_a = a.state.usage.recent().len();
     let from_b = b.state.usage.recent().len();
     assert!(from_a > 0 && from_b > 0, "{from_a} / {from_b}");
+    // The real-time aggregates in Redis count the shared key's four calls once each,
+    // whichever instance served them.
+    for s in [&a, &b] {
+        let agg = s.state.usage_aggregates.as_ref().expect("Redis aggregates");
+        agg.flush(Duration::from_secs(10)).await.unwrap();
+    }
+    let totals = a
+        .state
+        .usage_aggregates
+        .as_ref()
+        .unwrap()
+        .totals(
+            &Scope::Key(key_id.as_str().to_owned()),
+            Granularity::Daily,
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(totals.usage.requests, 4, "{totals:?}");
     let relay_server::db::Database::Postgres(pool) = &a.state.db else {
         panic!("PostgreSQL backend")
     };
