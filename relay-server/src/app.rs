@@ -169,6 +169,19 @@ fn random_bytes<const N: usize>() -> Result<[u8; N], ServerError> {
     Ok(b)
 }
 
+/// A 32-byte key for one `purpose`, derived from `master` with HKDF-SHA256, so secrets of
+/// different kinds never share a key.
+fn derive_key(master: &[u8], purpose: &[u8]) -> Result<[u8; 32], ServerError> {
+    use ring::hkdf;
+    let failed = |_| ServerError::Startup("deriving a key failed".into());
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"relay").extract(master);
+    let info = [purpose];
+    let okm = prk.expand(&info, hkdf::HKDF_SHA256).map_err(failed)?;
+    let mut out = [0u8; 32];
+    okm.fill(&mut out).map_err(failed)?;
+    Ok(out)
+}
+
 /// The Redis pub/sub channel of API-key cache invalidations between instances.
 pub const KEY_INVALIDATION_CHANNEL: &str = "relay:keys:invalidate";
 
@@ -313,11 +326,19 @@ impl Gateway {
             require_verified_email: config.mail.is_some(),
             ..relay_auth::AccountConfig::default()
         };
-        let accounts = Arc::new(
-            AccountService::new(Arc::clone(&store), notifier, Arc::clone(&clock))
-                .with_key_service(Arc::clone(&keys))
-                .with_config(account_config),
-        );
+        let mut accounts = AccountService::new(Arc::clone(&store), notifier, Arc::clone(&clock))
+            .with_key_service(Arc::clone(&keys))
+            .with_config(account_config);
+        // TOTP secrets are sealed with a key derived from the configured encryption key;
+        // with a key for this run only, enrolments would not survive a restart and lock
+        // their owners out, so TOTP stays off.
+        if let Some(k) = &config.encryption_key {
+            let totp_key = derive_key(&k.0, b"relay totp secrets v1")?;
+            let sealed = relay_auth::SecretBox::new(&totp_key)
+                .map_err(|e| ServerError::Startup(format!("TOTP key: {e}")))?;
+            accounts = accounts.with_totp(sealed);
+        }
+        let accounts = Arc::new(accounts);
         let billing_job = |task| Arc::new(BillingJob::new(billing.clone(), task));
         let scheduler = Arc::new(
             JobScheduler::new(claims, Arc::clone(&clock))
@@ -610,4 +631,18 @@ async fn observe(mut req: Request, next: Next) -> Response {
         res.headers_mut().insert("x-request-id", v);
     }
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::derive_key;
+
+    #[test]
+    fn derived_keys_are_stable_and_differ_by_purpose_and_master() {
+        let a = derive_key(&[1u8; 32], b"relay totp secrets v1").unwrap();
+        assert_eq!(a, derive_key(&[1u8; 32], b"relay totp secrets v1").unwrap());
+        assert_ne!(a, derive_key(&[1u8; 32], b"another purpose").unwrap());
+        assert_ne!(a, derive_key(&[2u8; 32], b"relay totp secrets v1").unwrap());
+        assert_ne!(a, [1u8; 32], "never the master key itself");
+    }
 }

@@ -242,3 +242,26 @@ async fn demo_user_is_credited_once_across_restarts() {
         gateway.serve(listener, async {}).await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn totp_enrolment_works_when_an_encryption_key_is_configured() {
+    let s = TestServer::start(&Backend::SqliteMemory, None).await;
+    let user = s.state.accounts.user(&s.user).await.unwrap();
+    let (status, login) = api(
+        &s,
+        "/api/user/login",
+        None,
+        json!({"email": user.email.as_str(), "password": "correct horse battery"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{login}");
+    let token = login["token"].as_str().unwrap();
+    let (status, v) = api(&s, "/api/user/totp/enrol", Some(token), json!({})).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(v["otpauth_uri"]
+        .as_str()
+        .unwrap()
+        .starts_with("otpauth://totp/"));
+    assert!(!v["recovery_codes"].as_array().unwrap().is_empty());
+    s.stop().await;
+}
