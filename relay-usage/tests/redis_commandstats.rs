@@ -108,7 +108,11 @@ async fn one_evalsha_per_admission_and_per_settlement() {
     // writes its counters and the lease in place, a settlement overwrites its lease's
     // record. No TTL is read, and no per-counter command is run.
     assert_eq!(calls(&info, "get"), 2 * n, "{info}");
-    assert_eq!(calls(&info, "set") + calls(&info, "setrange"), 2 * n, "{info}");
+    assert_eq!(
+        calls(&info, "set") + calls(&info, "setrange"),
+        2 * n,
+        "{info}"
+    );
     assert_eq!(
         calls(&info, "pttl")
             + calls(&info, "pexpire")

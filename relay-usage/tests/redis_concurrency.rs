@@ -246,7 +246,10 @@ async fn cancelling_half_the_requests_mid_flight_leaves_no_lease() {
     let records = (raw.len() - first) / 32;
     assert!(records <= 200, "{records} records for 200 admissions");
     for r in 0..records {
-        assert!(value(first + 32 * r + 8) < 0.0, "record {r} is still a lease");
+        assert!(
+            value(first + 32 * r + 8) < 0.0,
+            "record {r} is still a lease"
+        );
     }
 }
 

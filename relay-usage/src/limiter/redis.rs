@@ -36,8 +36,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use parking_lot::RwLock;
+use redis::aio::ConnectionManager;
 use redis::{Script, Value};
 use relay_core::{ApiKeyId, BudgetPeriod, KeyPolicy, SharedClock};
 
@@ -303,7 +303,8 @@ impl Limiter for RedisLimiter {
         let tokens = req.estimated_tokens;
         let cost = cost_units(req.estimated_cost);
         let opt = |v: Option<u64>| v.map_or(-1, int);
-        let mut args = Vec::with_capacity(7 + 4 * policy.rate_windows.len() + 2 * policy.budgets.len());
+        let mut args =
+            Vec::with_capacity(7 + 4 * policy.rate_windows.len() + 2 * policy.budgets.len());
         args.extend([
             now,
             now.saturating_add(self.lease_ttl_ms),

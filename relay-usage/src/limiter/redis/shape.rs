@@ -81,7 +81,11 @@ impl Shape {
                     | u8::from(w.max_cost.is_some()) << 2
             })
             .collect();
-        let codes = policy.budgets.iter().map(|b| period_code(b.period)).collect();
+        let codes = policy
+            .budgets
+            .iter()
+            .map(|b| period_code(b.period))
+            .collect();
         Some(Shape { masks, codes })
     }
 
@@ -164,15 +168,15 @@ impl Shape {
         let fix = cold.len() + hot.len();
         let first = fix * 8 + 1;
         let fmt = |n: usize| format!("'<{}'", "d".repeat(n));
-        let state = cold.iter().chain(&hot).cloned().collect::<Vec<_>>().join(", ");
+        let state = cold
+            .iter()
+            .chain(&hot)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
         let args = self.args();
         let nw = self.masks.len();
-        let list = |v: &[u8]| {
-            v.iter()
-                .map(u8::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let list = |v: &[u8]| v.iter().map(u8::to_string).collect::<Vec<_>>().join(", ");
         let lens = (1..=nw).map(|i| format!("L{i}")).collect::<Vec<_>>();
         let mut o = String::new();
         // `write!` to a String cannot fail.
@@ -216,14 +220,14 @@ impl Shape {
         // Fold settled records into the counters; count live leases.
         let _ = writeln!(
             o,
-            "local n, live, reuse = #raw, 0, true\n\
+            "local n, live, reuse = #raw, 0, false\n\
              while pos < n do\n  \
                local _, e, dt, dc = sunpack('<dddd', raw, pos)\n  \
                if e > now then\n    \
-                 live = live + 1\n    \
-                 if pos == {first} then reuse = false end\n  \
+                 live = live + 1\n  \
                else\n    \
-                 if pos > {first} then reuse = false end\n    \
+                 -- The new lease can take the first record's slot if it is the only one freed.\n    \
+                 reuse = pos == {first}\n    \
                  if e < 0 then\n      \
                    local adm = -1 - e"
         );
@@ -280,7 +284,9 @@ impl Shape {
             let (roll_next, roll_far) = if cs.is_empty() {
                 (format!("b{i} = bucket"), format!("b{i} = bucket"))
             } else {
-                let lhs = [ps.clone(), cs.clone(), vec![format!("b{i}")]].concat().join(", ");
+                let lhs = [ps.clone(), cs.clone(), vec![format!("b{i}")]]
+                    .concat()
+                    .join(", ");
                 let zeros = vec!["0".to_string(); cs.len()];
                 let next = [cs.clone(), zeros.clone(), vec!["bucket".into()]]
                     .concat()
@@ -361,8 +367,9 @@ impl Shape {
             o,
             "local keep = expire > 0 and untl >= 0 and untl - now >= expire\n\
              if keep and reuse and not cold_dirty then\n  \
-               -- Only the hot values and the first record slot change: write just those.\n  \
-               redis.call('SETRANGE', KEYS[1], '{hot_at}', spack({hot_fmt}, {hot_list}id, lexp, 0, 0))\n  \
+               -- Only the hot values and the first record's id and expiry change: write just\n  \
+               -- those (the record's other two values are only read once it is settled).\n  \
+               redis.call('SETRANGE', KEYS[1], '{hot_at}', spack({hot_fmt}, {hot_list}id, lexp))\n  \
                return 1\n\
              end\n\
              if not keep then\n  \
@@ -383,7 +390,7 @@ impl Shape {
              end\n\
              return 1\n",
             hot_at = cold.len() * 8,
-            hot_fmt = fmt(hot.len() + 4),
+            hot_fmt = fmt(hot.len() + 2),
             full_fmt = fmt(fix + 4),
         );
         o
