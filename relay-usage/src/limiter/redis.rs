@@ -1,7 +1,8 @@
 //! Redis limiter: limits shared by every gateway instance.
 //!
-//! Each admission is one `EVALSHA` of `admit.lua` and each settlement one of `settle.lua`,
-//! so check and increment can never interleave with another instance's.
+//! Each admission is one `EVALSHA` of the admission script generated for the policy's
+//! shape, and each settlement one of `settle.lua`, so check and increment can never
+//! interleave with another instance's.
 //!
 //! ## Data layout
 //!
@@ -10,7 +11,8 @@
 //! `{prefix}:rl:{<key id>}` (the hash tag is the key id, so the scripts run unchanged on
 //! Redis Cluster). The admission script is generated per shape of policy and keeps every
 //! value in a Lua local; a settlement rewrites only its lease's 32-byte record, which the
-//! next admission folds in. The layout and why it is fast are in [`shape`]'s docs. Each
+//! next admission folds in. The layout, and why it is laid out so, are documented in
+//! `limiter/redis/shape.rs`. Each
 //! admission runs two commands (`GET`, then `SETRANGE` of the counters or `SET` of the
 //! whole state), each settlement two (`GET`, `SETRANGE`); see the README for the measured
 //! cost against a raw one-`INCR` script. Lease ids are 52 bits of the request id (exact
@@ -19,7 +21,8 @@
 //! Limits of this backend: at most 8 rate windows and 8 budgets per policy (more is
 //! refused as [`LimiterError::Unavailable`]); a window counts only the dimensions it caps,
 //! so a cap added to an existing window counts from the change on; a settlement of a
-//! request admitted under an earlier policy applies to budgets by period. A state in an
+//! request admitted under an earlier policy corrects the budgets whose current period it
+//! was admitted in, matched by period rather than by the old policy's list. A state in an
 //! unknown format (for example one written by an older version of these scripts) makes
 //! the admission fail rather than be misread.
 //!
