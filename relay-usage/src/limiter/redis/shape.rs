@@ -16,8 +16,9 @@
 //!       per budget: period start
 //! hot:  per window: current count of each counted dimension, per budget: spent
 //! records, 32 bytes each, from byte `first`:
-//!   live lease:    -2 - lease id, expiry, 0, 0
+//!   live lease:    -2 - lease id, expiry, (two values read only once settled)
 //!   settled lease: settle time, -1 - admitted at, token delta, cost delta
+//!   (an expired lease keeps a positive expiry at or before now; admissions drop it)
 //! ```
 //!
 //! A window counts requests, tokens and cost only if it caps them (a cap added later
