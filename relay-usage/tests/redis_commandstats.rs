@@ -104,13 +104,22 @@ async fn one_evalsha_per_admission_and_per_settlement() {
     // Exactly one script call per admission and one per settlement, and nothing else.
     assert_eq!(calls(&info, "evalsha"), 2 * n, "{info}");
     assert_eq!(calls(&info, "eval"), 0);
-    // Inside the scripts, one GET and one SET each move the whole state at once; the
-    // admission also reads the key's TTL, and only pushes it out when it runs short.
+    // Inside the scripts, one read and one write each: an admission reads the state and
+    // writes its counters and the lease in place, a settlement overwrites its lease's
+    // record. No TTL is read, and no per-counter command is run.
     assert_eq!(calls(&info, "get"), 2 * n, "{info}");
-    assert_eq!(calls(&info, "set"), 2 * n, "{info}");
-    assert_eq!(calls(&info, "pttl"), n, "{info}");
     assert_eq!(
-        calls(&info, "hincrby") + calls(&info, "hset") + calls(&info, "zadd"),
-        0
+        calls(&info, "set") + calls(&info, "setrange"),
+        2 * n,
+        "{info}"
+    );
+    assert_eq!(
+        calls(&info, "pttl")
+            + calls(&info, "pexpire")
+            + calls(&info, "hincrby")
+            + calls(&info, "hset")
+            + calls(&info, "zadd"),
+        0,
+        "{info}"
     );
 }

@@ -234,9 +234,23 @@ async fn cancelling_half_the_requests_mid_flight_leaves_no_lease() {
         .with_prefix(prefix.as_str())
         .redis_key(&key);
     let raw: Vec<u8> = conn.get(&state_key).await.expect("state");
-    // Flat msgpack array; with no window and no budget it is [0, 0, leases...]: the third
-    // element is the lease count.
-    assert_eq!(raw.get(..4), Some(&[0x93u8, 0, 0, 0][..]), "{raw:?}");
+    // The state is little-endian doubles; its first value is the byte (1-based) where the
+    // 32-byte records start, each `id, expiry, ..`. A settled record has a negative expiry
+    // (it waits for the next admission to fold it in): none may be a lease, live or not.
+    let value = |at: usize| {
+        let bytes: [u8; 8] = raw[at..at + 8].try_into().expect("8 bytes");
+        f64::from_le_bytes(bytes)
+    };
+    let first = value(0) as usize - 1;
+    assert_eq!((raw.len() - first) % 32, 0, "{raw:?}");
+    let records = (raw.len() - first) / 32;
+    assert!(records <= 200, "{records} records for 200 admissions");
+    for r in 0..records {
+        assert!(
+            value(first + 32 * r + 8) < 0.0,
+            "record {r} is still a lease"
+        );
+    }
 }
 
 #[tokio::test]

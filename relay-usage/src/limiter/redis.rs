@@ -1,19 +1,30 @@
 //! Redis limiter: limits shared by every gateway instance.
 //!
-//! Each admission is one `EVALSHA` of `admit.lua` and each settlement one of `settle.lua`,
-//! so check and increment can never interleave with another instance's.
+//! Each admission is one `EVALSHA` of the admission script generated for the policy's
+//! shape, and each settlement one of `settle.lua`, so check and increment can never
+//! interleave with another instance's.
 //!
 //! ## Data layout
 //!
 //! A key's whole state (every window's two buckets, every budget's period and spend, and
-//! its live leases) is **one Redis string**: a flat msgpack array that the scripts decode and
-//! encode with Redis's built-in `cmsgpack`. Each script therefore runs exactly two commands
-//! (`GET`, then `SET` with the expiry inline), and builds no strings in Lua: the first
-//! version of these scripts used a hash with a field per counter plus a sorted set of
-//! leases, and spent most of its time formatting field names and in eight commands; see
-//! the README for the measured difference. The key is `{prefix}:rl:{<key id>}`, its hash
-//! tag the key id, so the scripts run unchanged on Redis Cluster. Lease ids are 52 bits of
-//! the request id (exact in Lua's doubles).
+//! its lease records) is **one Redis string** of little-endian doubles, at
+//! `{prefix}:rl:{<key id>}` (the hash tag is the key id, so the scripts run unchanged on
+//! Redis Cluster). The admission script is generated per shape of policy and keeps every
+//! value in a Lua local; a settlement rewrites only its lease's 32-byte record, which the
+//! next admission folds in. The layout, and why it is laid out so, are documented in
+//! `limiter/redis/shape.rs`. Each
+//! admission runs two commands (`GET`, then `SETRANGE` of the counters or `SET` of the
+//! whole state), each settlement two (`GET`, `SETRANGE`); see the README for the measured
+//! cost against a raw one-`INCR` script. Lease ids are 52 bits of the request id (exact
+//! in Lua's doubles).
+//!
+//! Limits of this backend: at most 8 rate windows and 8 budgets per policy (more is
+//! refused as [`LimiterError::Unavailable`]); a window counts only the dimensions it caps,
+//! so a cap added to an existing window counts from the change on; a settlement of a
+//! request admitted under an earlier policy corrects the budgets whose current period it
+//! was admitted in, matched by period rather than by the old policy's list. A state in an
+//! unknown format (for example one written by an older version of these scripts) makes
+//! the admission fail rather than be misread.
 //!
 //! Time comes from the caller's [`Clock`](relay_core::Clock), so instances should run NTP;
 //! a lagging instance's older budget period never resets a newer one's spend.
@@ -23,12 +34,14 @@
 //! closed ([`LimiterError::Unavailable`], which the policy layer answers with 503) or, when
 //! configured with [`FailMode::Open`], admits and logs.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use parking_lot::RwLock;
 use redis::aio::ConnectionManager;
-use redis::Script;
+use redis::{Script, Value};
 use relay_core::{ApiKeyId, BudgetPeriod, KeyPolicy, SharedClock};
 
 use super::window::{delta, window_ms};
@@ -37,7 +50,10 @@ use super::{
     SettleOutcome, Ticket, WindowCap,
 };
 
-const ADMIT: &str = include_str!("redis/admit.lua");
+mod shape;
+
+use shape::Shape;
+
 const SETTLE: &str = include_str!("redis/settle.lua");
 const HEARTBEAT: &str = include_str!("redis/heartbeat.lua");
 const IN_FLIGHT: &str = include_str!("redis/in_flight.lua");
@@ -61,7 +77,8 @@ pub struct RedisLimiter {
     lease_ttl_ms: i64,
     timeout: Duration,
     fail_mode: FailMode,
-    admit: Arc<Script>,
+    /// Admission scripts by policy shape (a handful per deployment).
+    admit: Arc<RwLock<HashMap<Shape, Arc<Script>>>>,
     settle: Arc<Script>,
     heartbeat: Arc<Script>,
     in_flight: Arc<Script>,
@@ -82,45 +99,20 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
 }
 
-fn period_code(p: BudgetPeriod) -> u8 {
-    match p {
-        BudgetPeriod::Daily => 1,
-        BudgetPeriod::Weekly => 2,
-        BudgetPeriod::Monthly => 3,
-        BudgetPeriod::Total => 4,
-    }
-}
-
-/// Encode a flat array of integers as msgpack: the scripts' single argument, decoded by
-/// Redis's C `cmsgpack` instead of one Lua string and `tonumber` per value.
-fn msgpack_ints(values: &[i64]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(3 + values.len() * 9);
-    match u16::try_from(values.len()) {
-        Ok(n) if n < 16 => out.push(0x90 | u8::try_from(n).unwrap_or(0)),
-        Ok(n) => {
-            out.push(0xdc);
-            out.extend_from_slice(&n.to_be_bytes());
-        }
-        Err(_) => {
-            out.push(0xdd);
-            out.extend_from_slice(
-                &u32::try_from(values.len())
-                    .unwrap_or(u32::MAX)
-                    .to_be_bytes(),
-            );
-        }
-    }
+/// Little-endian doubles: the scripts decode them with `struct.unpack` in C. Every value
+/// is an integer below 2^53 (counts, nano-units, milliseconds), so the conversion is exact;
+/// saturated values beyond that only ever compare as "huge".
+fn doubles(values: &[i64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(values.len() * 8);
     for &v in values {
-        if (0..=127).contains(&v) {
-            out.push(u8::try_from(v).unwrap_or(0));
-        } else if (-32..0).contains(&v) {
-            out.push(0xe0 | u8::try_from(v + 32).unwrap_or(0));
-        } else {
-            out.push(0xd3);
-            out.extend_from_slice(&v.to_be_bytes());
-        }
+        out.extend_from_slice(&(v as f64).to_le_bytes());
     }
     out
+}
+
+/// How a lease id is stored in its record: negative, so it never equals a counter.
+fn stored_lease_id(id: u64) -> i64 {
+    -2 - int(id)
 }
 
 fn int(v: u64) -> i64 {
@@ -149,7 +141,7 @@ impl RedisLimiter {
             lease_ttl_ms: millis(super::memory::DEFAULT_LEASE_TTL),
             timeout: Duration::from_millis(250),
             fail_mode: FailMode::Closed,
-            admit: Arc::new(Script::new(ADMIT)),
+            admit: Arc::new(RwLock::new(HashMap::new())),
             settle: Arc::new(Script::new(SETTLE)),
             heartbeat: Arc::new(Script::new(HEARTBEAT)),
             in_flight: Arc::new(Script::new(IN_FLIGHT)),
@@ -222,6 +214,8 @@ impl RedisLimiter {
         }
     }
 
+    /// How long the key must live after an admission at `now` (0 = forever): two of the
+    /// longest window, the current budget periods, and twice the lease TTL.
     fn expire_ms(&self, policy: &KeyPolicy, now: i64) -> i64 {
         let mut expire = policy
             .rate_windows
@@ -236,24 +230,38 @@ impl RedisLimiter {
             }
             expire = expire.max(end - now + 1000);
         }
-        expire.max(1)
+        expire.max(self.lease_ttl_ms.saturating_mul(2))
+    }
+
+    /// The admission script for `shape`, generated once.
+    fn admit_script(&self, shape: &Shape) -> Arc<Script> {
+        if let Some(s) = self.admit.read().get(shape) {
+            return Arc::clone(s);
+        }
+        let script = Arc::new(Script::new(&shape.admit_script()));
+        self.admit
+            .write()
+            .entry(shape.clone())
+            .or_insert(script)
+            .clone()
     }
 }
 
-fn denial(policy: &KeyPolicy, r: &[i64]) -> Result<Denial, LimiterError> {
+fn bad_reply() -> LimiterError {
+    LimiterError::Unavailable("unexpected reply from the admission script".into())
+}
+
+fn denial(policy: &KeyPolicy, r: &[i64], now: i64) -> Result<Denial, LimiterError> {
     let get = |i: usize| r.get(i).copied().unwrap_or(0);
     let idx = usize::try_from(get(2) - 1).unwrap_or(usize::MAX);
-    let wait = Duration::from_millis(u64::try_from(get(4)).unwrap_or(0));
+    let wait = |ms: i64| Duration::from_millis(u64::try_from(ms).unwrap_or(0));
     match get(1) {
         1 => Ok(Denial::Concurrency {
             limit: u32::try_from(get(2)).unwrap_or(u32::MAX),
-            retry_after: wait,
+            retry_after: wait(get(4)),
         }),
         2 => {
-            let w = policy
-                .rate_windows
-                .get(idx)
-                .ok_or_else(|| LimiterError::Unavailable("bad script reply".into()))?;
+            let w = policy.rate_windows.get(idx).ok_or_else(bad_reply)?;
             let cap = match get(3) {
                 1 => WindowCap::Requests,
                 2 => WindowCap::Tokens,
@@ -262,19 +270,18 @@ fn denial(policy: &KeyPolicy, r: &[i64]) -> Result<Denial, LimiterError> {
             Ok(Denial::RateLimited {
                 window_secs: w.window_secs,
                 cap,
-                retry_after: wait,
+                retry_after: wait(get(4)),
             })
         }
-        _ => {
-            let b = policy
-                .budgets
-                .get(idx)
-                .ok_or_else(|| LimiterError::Unavailable("bad script reply".into()))?;
+        3 => {
+            let b = policy.budgets.get(idx).ok_or_else(bad_reply)?;
+            let (_, end) = period_bounds(policy, b.period, now);
             Ok(Denial::Budget {
                 period: b.period,
-                retry_after: (get(4) >= 0).then_some(wait),
+                retry_after: (end >= 0).then(|| wait(end - now)),
             })
         }
+        _ => Err(bad_reply()),
     }
 }
 
@@ -288,46 +295,63 @@ impl Limiter for RedisLimiter {
             return Ok(Err(d));
         }
         let policy = req.policy;
+        let shape = Shape::of(policy).ok_or_else(|| {
+            LimiterError::Unavailable(format!(
+                "the Redis limiter supports at most {} rate windows and {} budgets per policy",
+                shape::MAX_WINDOWS,
+                shape::MAX_BUDGETS
+            ))
+        })?;
         let now = self.clock.now_millis();
         let tokens = req.estimated_tokens;
         let cost = cost_units(req.estimated_cost);
         let opt = |v: Option<u64>| v.map_or(-1, int);
         let mut args =
-            Vec::with_capacity(10 + 4 * (policy.rate_windows.len() + policy.budgets.len()));
+            Vec::with_capacity(7 + 4 * policy.rate_windows.len() + 2 * policy.budgets.len());
         args.extend([
             now,
-            self.lease_ttl_ms,
-            int(lease_id(req.request_id)),
+            now.saturating_add(self.lease_ttl_ms),
+            stored_lease_id(lease_id(req.request_id)),
             i64::from(policy.concurrency.unwrap_or(0)),
             int(tokens),
             int(cost),
             self.expire_ms(policy, now),
-            int(policy.rate_windows.len() as u64),
         ]);
         for w in &policy.rate_windows {
-            args.extend([
-                window_ms(w),
-                opt(w.max_requests),
-                opt(w.max_tokens),
-                opt(w.max_cost.map(|m| cost_units(m.amount()))),
-            ]);
+            args.push(window_ms(w));
+            // Only the caps the window has: its shape says which.
+            for cap in [
+                w.max_requests,
+                w.max_tokens,
+                w.max_cost.map(|m| cost_units(m.amount())),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                args.push(opt(Some(cap)));
+            }
         }
-        args.push(int(policy.budgets.len() as u64));
         for b in &policy.budgets {
-            let (start, end) = period_bounds(policy, b.period, now);
-            args.extend([
-                i64::from(period_code(b.period)),
-                start,
-                end,
-                int(cost_units(b.cap.amount())),
-            ]);
+            let (start, _) = period_bounds(policy, b.period, now);
+            args.extend([start, int(cost_units(b.cap.amount()))]);
         }
-        let mut inv = self.admit.prepare_invoke();
-        inv.key(self.redis_key(req.key)).arg(msgpack_ints(&args));
+        let script = self.admit_script(&shape);
+        let mut inv = script.prepare_invoke();
+        inv.key(self.redis_key(req.key)).arg(doubles(&args));
         let ticket = Ticket::reserve(req, now, tokens, cost);
-        match self.run::<Vec<i64>>(inv).await {
-            Ok(r) if r.first() == Some(&1) => Ok(Ok(ticket)),
-            Ok(r) => Ok(Err(denial(policy, &r)?)),
+        match self.run::<Value>(inv).await {
+            Ok(Value::Int(1)) => Ok(Ok(ticket)),
+            Ok(Value::Array(items)) => {
+                let r: Vec<i64> = items
+                    .iter()
+                    .map(|v| match v {
+                        Value::Int(n) => Ok(*n),
+                        _ => Err(bad_reply()),
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok(Err(denial(policy, &r, now)?))
+            }
+            Ok(_) => Err(bad_reply()),
             Err(e) if self.fail_mode == FailMode::Open => {
                 tracing::warn!(error = %e, "redis limiter unavailable; failing open");
                 Ok(Ok(ticket))
@@ -342,22 +366,16 @@ impl Limiter for RedisLimiter {
         tokens: u64,
         cost_units: u64,
     ) -> Result<SettleOutcome, LimiterError> {
-        let policy = &ticket.policy;
-        let mut args = vec![
+        let record = doubles(&[
             self.clock.now_millis(),
-            int(lease_id(&ticket.request_id)),
-            ticket.admitted_at_ms,
+            -1 - ticket.admitted_at_ms.max(0),
             delta(tokens, ticket.reserved_tokens),
             delta(cost_units, ticket.reserved_cost_units),
-            int(policy.budgets.len() as u64),
-        ];
-        for b in &policy.budgets {
-            let (start, _) = period_bounds(policy, b.period, ticket.admitted_at_ms);
-            args.extend([i64::from(period_code(b.period)), start]);
-        }
+        ]);
         let mut inv = self.settle.prepare_invoke();
         inv.key(self.redis_key(&ticket.key))
-            .arg(msgpack_ints(&args));
+            .arg(doubles(&[stored_lease_id(lease_id(&ticket.request_id))]))
+            .arg(record);
         match self.run::<i64>(inv).await {
             Ok(1) => Ok(SettleOutcome::Settled),
             Ok(_) => Ok(SettleOutcome::NotFound),
@@ -370,11 +388,15 @@ impl Limiter for RedisLimiter {
     }
 
     async fn heartbeat(&self, ticket: &Ticket) -> Result<bool, LimiterError> {
+        let now = self.clock.now_millis();
         let mut inv = self.heartbeat.prepare_invoke();
         inv.key(self.redis_key(&ticket.key))
-            .arg(self.clock.now_millis())
-            .arg(self.lease_ttl_ms)
-            .arg(lease_id(&ticket.request_id));
+            .arg(doubles(&[stored_lease_id(lease_id(&ticket.request_id))]))
+            .arg(doubles(&[
+                now,
+                now.saturating_add(self.lease_ttl_ms),
+                self.lease_ttl_ms,
+            ]));
         Ok(self.run::<i64>(inv).await? == 1)
     }
 

@@ -1,25 +1,24 @@
--- Extend a live lease. KEYS[1]: the key's state (see admit.lua). ARGV: now, lease_ttl, lease_id.
--- Returns 1 when extended, 0 when the lease is unknown or already expired.
+-- Extend a live lease. KEYS[1]: the key's state (layout in shape.rs).
+-- ARGV[1]: the lease id as the record stores it (see settle.lua).
+-- ARGV[2]: little-endian doubles now, new expiry, lease ttl.
+-- Returns 1 when extended, 0 when the lease is unknown, settled or already expired.
 local raw = redis.call('GET', KEYS[1])
 if not raw then return 0 end
-local s = cmsgpack.unpack(raw)
-local now, ttl, id = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local p = 1
-p = p + 1 + 8 * s[p]
-p = p + 1 + 3 * s[p]
-local nl = s[p]; p = p + 1
-for l = 0, nl - 1 do
-  if s[p + 2 * l] == id then
-    if s[p + 2 * l + 1] <= now then return 0 end
-    s[p + 2 * l + 1] = now + ttl
-    local left = redis.call('PTTL', KEYS[1])
-    if left >= 0 and left < 2 * ttl then left = 2 * ttl end
-    if left < 0 then
-      redis.call('SET', KEYS[1], cmsgpack.pack(s))
-    else
-      redis.call('SET', KEYS[1], cmsgpack.pack(s), 'PX', left)
+local sunpack, spack, find, lid = struct.unpack, struct.pack, string.find, ARGV[1]
+local now, exp, ttl = sunpack('<ddd', ARGV[2])
+local n = #raw + 1
+local p = find(raw, lid, 1, true)
+while p do
+  if (n - p) % 32 == 0 and sunpack('<d', raw, p + 8) > now then
+    redis.call('SETRANGE', KEYS[1], p + 7, spack('<d', exp))
+    -- The key must outlive the lease: push its TTL out when it runs short.
+    local untl = sunpack('<d', raw, 17)
+    if untl >= 0 and untl - now < 2 * ttl then
+      redis.call('PEXPIRE', KEYS[1], 4 * ttl)
+      redis.call('SETRANGE', KEYS[1], 16, spack('<d', now + 4 * ttl))
     end
     return 1
   end
+  p = find(raw, lid, p + 1, true)
 end
 return 0

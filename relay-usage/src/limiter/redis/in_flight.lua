@@ -1,14 +1,12 @@
--- Live leases of a key. KEYS[1]: the key's state (see admit.lua). ARGV: now.
+-- Live leases of a key. KEYS[1]: the key's state (layout in shape.rs). ARGV[1]: now.
 local raw = redis.call('GET', KEYS[1])
 if not raw then return 0 end
-local s = cmsgpack.unpack(raw)
-local now = tonumber(ARGV[1])
-local p = 1
-p = p + 1 + 8 * s[p]
-p = p + 1 + 3 * s[p]
-local nl = s[p]; p = p + 1
+local sunpack, now = struct.unpack, tonumber(ARGV[1])
+local pos = sunpack('<d', raw)
 local live = 0
-for l = 0, nl - 1 do
-  if s[p + 2 * l + 1] > now then live = live + 1 end
+while pos < #raw do
+  local _, e = sunpack('<dd', raw, pos)
+  if e > now then live = live + 1 end
+  pos = pos + 32
 end
 return live
