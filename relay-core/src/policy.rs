@@ -316,6 +316,14 @@ pub enum PolicyError {
     /// `concurrency` is zero, which would refuse every request.
     #[error("concurrency must be at least 1 (leave it unset for no limit)")]
     ZeroConcurrency,
+    /// More rate windows than [`KeyPolicy::MAX_RATE_WINDOWS`].
+    #[error("{count} rate windows: a policy may have at most {max}")]
+    TooManyWindows {
+        /// How many the policy has.
+        count: usize,
+        /// The most allowed.
+        max: usize,
+    },
     /// A rate window has zero length.
     #[error(
         "rate window #{index} has a length of 0 seconds: give it a length of at least 1 second"
@@ -422,10 +430,20 @@ fn covers(deny: &str, allow: &str) -> bool {
 }
 
 impl KeyPolicy {
+    /// Most rate windows a policy may have (the Redis limiter's scripts are generated per
+    /// policy shape, and keep every counter in a Lua local).
+    pub const MAX_RATE_WINDOWS: usize = 8;
+
     /// Check the policy for settings that make no sense, with a message a user can act on.
     pub fn validate(&self) -> Result<(), PolicyError> {
         if self.concurrency == Some(0) {
             return Err(PolicyError::ZeroConcurrency);
+        }
+        if self.rate_windows.len() > Self::MAX_RATE_WINDOWS {
+            return Err(PolicyError::TooManyWindows {
+                count: self.rate_windows.len(),
+                max: Self::MAX_RATE_WINDOWS,
+            });
         }
         let mut lengths = BTreeSet::new();
         for (index, w) in self.rate_windows.iter().enumerate() {

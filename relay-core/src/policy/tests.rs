@@ -71,6 +71,10 @@ fn every_validation_error_is_reported_with_an_actionable_message() {
     let cases: Vec<(PolicyError, &str)> = vec![
         (expect_err(|p| p.concurrency = Some(0)), "at least 1"),
         (
+            expect_err(|p| p.rate_windows = (1..=9).map(window).collect()),
+            "9 rate windows: a policy may have at most 8",
+        ),
+        (
             expect_err(|p| p.rate_windows[0].window_secs = 0),
             "0 seconds",
         ),

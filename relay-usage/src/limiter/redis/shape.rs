@@ -41,8 +41,9 @@ use relay_core::{BudgetPeriod, KeyPolicy};
 const MIGRATE: &str = include_str!("migrate.lua");
 
 /// Most rate windows and budgets a policy may have on the Redis limiter (the shape id has
-/// 53 bits, and a generated script at most 200 Lua locals).
-pub(super) const MAX_WINDOWS: usize = 8;
+/// 53 bits, and a generated script at most 200 Lua locals); `KeyPolicy::validate` refuses
+/// more windows, and budgets are one per period (four at most).
+pub(super) const MAX_WINDOWS: usize = KeyPolicy::MAX_RATE_WINDOWS;
 /// See [`MAX_WINDOWS`].
 pub(super) const MAX_BUDGETS: usize = 8;
 
