@@ -449,6 +449,9 @@ impl Gateway {
         // Router::layer wraps what is above it: the last layer added runs first.
         let relayed = Router::new()
             .route("/v1/messages", post(llm::messages))
+            // Admitted (model, client, address, request windows) but not billed: the policy
+            // layer reserves nothing for it and metering settles it at zero.
+            .route("/v1/messages/count_tokens", post(llm::count_tokens))
             .route("/v1/chat/completions", post(llm::chat_completions))
             .route("/v1/responses", post(llm::responses))
             .route("/v1beta/models/{target}", post(llm::gemini))
@@ -461,9 +464,8 @@ impl Gateway {
                     .with_max_body_bytes(state.max_body_bytes),
             )
             .layer(ApiKeyAuthLayer::new(Arc::clone(&state.keys)));
-        // Free upstream calls and listings: authenticated, not admitted or metered.
+        // The model list: authenticated, filtered by the key's policy, not admitted.
         let unmetered = Router::new()
-            .route("/v1/messages/count_tokens", post(llm::count_tokens))
             .route("/v1/models", get(models::list))
             .layer(ApiKeyAuthLayer::new(Arc::clone(&state.keys)));
         Router::new()
