@@ -4,8 +4,12 @@
 #   (b) the same calls through nginx as a plain reverse proxy with upstream keep-alive,
 #   (c) the full relay stack (auth, admission, relay, metering) on the memory limiter,
 #   (d) the same on Redis, with Redis commands per relayed request from INFO commandstats.
-# Prints throughput and p50/p99 latency with 32 connections and with 1, and the relay's
-# peak RSS. Traffic stays on 127.0.0.1; every run is bounded in time.
+# Prints throughput and p50/p99 latency with 32 connections and with 1 for each setup,
+# then a summary: relay/nginx throughput ratio (target >= 0.70), p50 added over direct at
+# one connection (target < 100 us), the relay's peak RSS, and Redis commands per relayed
+# request, both top-level (what the server sends; a script counts once) and in total (with
+# the commands scripts run, as INFO commandstats counts them; target <= 4). Traffic stays
+# on 127.0.0.1; every run is bounded in time.
 #
 #   benches/load/run.sh            # SECONDS_PER_RUN=10 CONNECTIONS=32 by default
 set -euo pipefail
@@ -15,7 +19,8 @@ SECS="${SECONDS_PER_RUN:-10}"
 CONNS="${CONNECTIONS:-32}"
 REDIS_PORT="${REDIS_PORT:-6390}"
 REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
-UP=127.0.0.1:9101 NGINX=127.0.0.1:9102 MEM=127.0.0.1:9103 RED=127.0.0.1:9104
+PORT_BASE="${PORT_BASE:-9101}"  # four ports from here: stand-in, nginx, relay (memory), relay (redis)
+UP=127.0.0.1:$PORT_BASE NGINX=127.0.0.1:$((PORT_BASE + 1)) MEM=127.0.0.1:$((PORT_BASE + 2)) RED=127.0.0.1:$((PORT_BASE + 3))
 KEY="rk_live_benchbenchbenchbenchbenchbenchbenchbenchben"
 BODY='{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"Hello, relay"}]}'
 # Generous caps that are still counted on every request: a window, a budget, a lease.
@@ -34,10 +39,13 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; nginx
 trap cleanup EXIT
 
 wait_port() { for _ in $(seq 1 300); do (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return; sleep 0.1; done; echo "nothing on $1" >&2; exit 1; }
-load() { # name url conns
-  "$BIN/relay-loadgen" run --url "$2" --connections "$3" --seconds "$SECS" \
-    --header "x-api-key: $KEY" --header "anthropic-version: 2023-06-01" --body "$BODY" | sed "s/^/$1 conns=$3 /"
+load() { # name url conns -> one line, also kept in $OUT
+  OUT="$("$BIN/relay-loadgen" run --url "$2" --connections "$3" --seconds "$SECS" \
+    --header "x-api-key: $KEY" --header "anthropic-version: 2023-06-01" --body "$BODY" | sed "s/^/$1 conns=$3 /")"
+  echo "$OUT"
 }
+field() { echo "$1" | sed -n "s/.* $2=\([0-9.]*\).*/\1/p"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 
 "$BIN/relay-loadgen" upstream --bind "$UP" >/dev/null & PIDS+=($!)
 wait_port "$UP"
@@ -74,18 +82,20 @@ start_relay() { # bind redis-url-or-empty
 }
 
 echo "# direct, nginx, relay (memory), relay (redis); ${SECS}s per run"
-load direct "http://$UP/v1/messages" "$CONNS"
-load direct "http://$UP/v1/messages" 1
-load nginx "http://$NGINX/v1/messages" "$CONNS"
-load nginx "http://$NGINX/v1/messages" 1
+load direct "http://$UP/v1/messages" "$CONNS"; DIRECT_RPS="$(field "$OUT" rps)"
+load direct "http://$UP/v1/messages" 1; DIRECT_P50="$(field "$OUT" p50_us)"
+load nginx "http://$NGINX/v1/messages" "$CONNS"; NGINX_RPS="$(field "$OUT" rps)"
+load nginx "http://$NGINX/v1/messages" 1; NGINX_P50="$(field "$OUT" p50_us)"
 
 start_relay "$MEM" ""
-load relay-memory "http://$MEM/v1/messages" "$CONNS"
-load relay-memory "http://$MEM/v1/messages" 1
-echo "relay-memory peak_rss_kib=$(awk '/VmHWM/ {print $2}' "/proc/$RELAY_PID/status")"
+load relay-memory "http://$MEM/v1/messages" "$CONNS"; MEM_RPS="$(field "$OUT" rps)"
+load relay-memory "http://$MEM/v1/messages" 1; MEM_P50="$(field "$OUT" p50_us)"
+MEM_RSS="$(awk '/VmHWM/ {print $2}' "/proc/$RELAY_PID/status")"
+echo "relay-memory peak_rss_kib=$MEM_RSS"
 kill "$RELAY_PID"
 
 # A Redis of our own, so nobody else's commands are counted.
+RED_RPS="" RED_P50="" RED_RSS="" TOTAL_PER_REQ="n/a" TOP_PER_REQ="n/a"
 if command -v redis-server >/dev/null; then
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >/dev/null & PIDS+=($!)
   wait_port "127.0.0.1:$REDIS_PORT"
@@ -93,15 +103,34 @@ fi
 if redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1; then
   start_relay "$RED" "$REDIS_URL"
   redis-cli -u "$REDIS_URL" config resetstat >/dev/null
-  out="$(load relay-redis "http://$RED/v1/messages" "$CONNS")"
-  echo "$out"
-  n="$(echo "$out" | sed -n 's/.*requests=\([0-9]*\).*/\1/p')"
+  load relay-redis "http://$RED/v1/messages" "$CONNS"; RED_RPS="$(field "$OUT" rps)"
+  n="$(field "$OUT" requests)"
   calls="$(redis-cli -u "$REDIS_URL" info commandstats | sed -n 's/^cmdstat_\([a-z|]*\):calls=\([0-9]*\).*/\1 \2/p')"
-  total="$(echo "$calls" | awk '$1 !~ /^(config|info|ping|hello|client)/ {s += $2} END {print s+0}')"
+  total="$(echo "$calls" | awk '$1 !~ /^(config|info|ping|hello|client|monitor)/ {s += $2} END {print s+0}')"
   echo "relay-redis commands: $(echo "$calls" | tr '\n' ' ')"
-  echo "relay-redis redis_commands_per_request=$(awk -v t="$total" -v n="$n" 'BEGIN { if (n > 0) printf "%.2f", t / n; else print "n/a" }')"
-  load relay-redis "http://$RED/v1/messages" 1
-  echo "relay-redis peak_rss_kib=$(awk '/VmHWM/ {print $2}' "/proc/$RELAY_PID/status")"
+  TOTAL_PER_REQ="$(ratio "$total" "$n")"
+  # INFO commandstats also counts the commands a script runs. A short MONITOR sample
+  # (separate from the timed runs: MONITOR slows Redis down) tells them apart: MONITOR
+  # tags script-invoked commands with "lua".
+  redis-cli -u "$REDIS_URL" monitor > "$WORK/monitor.txt" & MON=$!
+  sleep 0.5
+  SECS=2 load relay-redis-monitored "http://$RED/v1/messages" 4 >/dev/null
+  kill "$MON" 2>/dev/null || true; wait "$MON" 2>/dev/null || true
+  read -r in_lua all < <(grep -E '^[0-9]+\.[0-9]+ \[' "$WORK/monitor.txt" \
+    | grep -viE '"(config|info|ping|hello|client|monitor)"' \
+    | awk '/\[[0-9]+ lua\]/ {l++} {a++} END {print l+0, a+0}')
+  TOP_PER_REQ="$(awk -v t="$TOTAL_PER_REQ" -v l="$in_lua" -v a="$all" 'BEGIN { if (a > 0 && t != "n/a") printf "%.2f", t * (a - l) / a; else print "n/a" }')"
+  echo "relay-redis monitor sample: $all commands, $in_lua of them run by scripts"
+  echo "relay-redis redis_commands_per_request: top_level=$TOP_PER_REQ total_with_script_commands=$TOTAL_PER_REQ"
+  load relay-redis "http://$RED/v1/messages" 1; RED_P50="$(field "$OUT" p50_us)"
+  RED_RSS="$(awk '/VmHWM/ {print $2}' "/proc/$RELAY_PID/status")"
+  echo "relay-redis peak_rss_kib=$RED_RSS"
 else
   echo "relay-redis skipped: no Redis at $REDIS_URL"
 fi
+
+echo "# summary"
+echo "summary throughput: relay-memory/nginx=$(ratio "$MEM_RPS" "$NGINX_RPS") relay-redis/nginx=$(ratio "$RED_RPS" "$NGINX_RPS") nginx/direct=$(ratio "$NGINX_RPS" "$DIRECT_RPS") (target relay/nginx >= 0.70)"
+echo "summary added_p50_us_at_1_conn: nginx=$((NGINX_P50 - DIRECT_P50)) relay-memory=$((MEM_P50 - DIRECT_P50)) relay-redis=$(if [ -n "$RED_P50" ]; then echo $((RED_P50 - DIRECT_P50)); else echo n/a; fi) (target relay < 100)"
+echo "summary peak_rss_mib: relay-memory=$((MEM_RSS / 1024)) relay-redis=$(if [ -n "$RED_RSS" ]; then echo $((RED_RSS / 1024)); else echo n/a; fi)"
+echo "summary redis_commands_per_request: top_level=$TOP_PER_REQ total_with_script_commands=$TOTAL_PER_REQ (target <= 4)"

@@ -521,6 +521,9 @@ impl Gateway {
         // Router::layer wraps what is above it: the last layer added runs first.
         let relayed = Router::new()
             .route("/v1/messages", post(llm::messages))
+            // Admitted (model, client, address, request windows) but not billed: the policy
+            // layer reserves nothing for it and metering settles it at zero.
+            .route("/v1/messages/count_tokens", post(llm::count_tokens))
             .route("/v1/chat/completions", post(llm::chat_completions))
             .route("/v1/responses", post(llm::responses))
             .route("/v1beta/models/{target}", post(llm::gemini))
@@ -533,9 +536,8 @@ impl Gateway {
                     .with_max_body_bytes(state.max_body_bytes),
             )
             .layer(ApiKeyAuthLayer::new(Arc::clone(&state.keys)));
-        // Free upstream calls and listings: authenticated, not admitted or metered.
+        // The model list: authenticated, filtered by the key's policy, not admitted.
         let unmetered = Router::new()
-            .route("/v1/messages/count_tokens", post(llm::count_tokens))
             .route("/v1/models", get(models::list))
             .layer(ApiKeyAuthLayer::new(Arc::clone(&state.keys)));
         Router::new()
@@ -558,7 +560,15 @@ impl Gateway {
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
+        use axum::serve::ListenerExt;
         let app = self.router();
+        // Answers go out as soon as they are written: without TCP_NODELAY the end of a
+        // streamed body can wait for the client's ACK of the previous segment (Nagle).
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY not set on an accepted connection");
+            }
+        });
         axum::serve(
             listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),

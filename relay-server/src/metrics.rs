@@ -9,15 +9,22 @@
 //! | `relay_cost_nano_total` | `service`, `model` | metered cost in 10^-9 of the price currency (integers: money never becomes a float) |
 //! | `relay_upstream_account_up` | `service`, `account` | 1 when the account is not cooling down |
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use parking_lot::RwLock;
 use relay_core::Service;
 
 use crate::upstream::Pools;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// How often histogram samples are folded into their summaries when nobody scrapes
+/// (the recorder keeps raw samples until then, which would grow without bound).
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// Install the process-wide recorder (once; later calls return the same handle). `None`
 /// when another recorder was installed first by the embedding program.
@@ -27,15 +34,38 @@ pub fn install() -> Option<PrometheusHandle> {
             let recorder = PrometheusBuilder::new().build_recorder();
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
+            let upkeep = handle.clone();
+            let spawned = std::thread::Builder::new()
+                .name("relay-metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(UPKEEP_EVERY);
+                    upkeep.run_upkeep();
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "metrics upkeep thread not started; histograms drain at scrape time only");
+            }
             Some(handle)
         })
         .clone()
 }
 
+// Handles are looked up once per label set and kept: a lookup through the `counter!`
+// macro builds the key (allocating its labels) and hashes it on every call, which was a
+// visible share of a relayed request's cost. Label sets are bounded (routes, statuses,
+// accounts, priced models), so the caches are too.
+
 /// Count an answered request.
 pub fn request(route: &'static str, status: u16) {
-    metrics::counter!("relay_requests_total", "route" => route, "status" => status.to_string())
-        .increment(1);
+    static CACHE: OnceLock<RwLock<HashMap<(&'static str, u16), Counter>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(c) = cache.read().get(&(route, status)) {
+        c.increment(1);
+        return;
+    }
+    let c =
+        metrics::counter!("relay_requests_total", "route" => route, "status" => status.to_string());
+    c.increment(1);
+    cache.write().insert((route, status), c);
 }
 
 /// Count a refusal.
@@ -43,7 +73,8 @@ pub fn denial(reason: &'static str) {
     metrics::counter!("relay_denials_total", "reason" => reason).increment(1);
 }
 
-/// Record an upstream answer (or `"error"`) and its latency.
+/// Record an upstream answer (or `"error"`) and its latency. Relayed answers (200) go
+/// through the account's kept handle instead ([`upstream_ok`]).
 pub fn upstream_response(service: Service, account: &str, status: &str, elapsed: Duration) {
     metrics::histogram!(
         "relay_upstream_seconds",
@@ -54,23 +85,82 @@ pub fn upstream_response(service: Service, account: &str, status: &str, elapsed:
     .record(elapsed.as_secs_f64());
 }
 
+/// An account's handle for `relay_upstream_seconds` with status 200, the common case,
+/// kept by the account so a relayed request records its latency without building a key.
+pub fn upstream_ok(service: Service, account: &str) -> Histogram {
+    metrics::histogram!(
+        "relay_upstream_seconds",
+        "service" => service.as_str(),
+        "account" => account.to_owned(),
+        "status" => "200"
+    )
+}
+
+/// The token and cost counters of one model.
+struct ModelCounters {
+    tokens: [Counter; 5],
+    cost: Counter,
+}
+
+const TOKEN_KINDS: [&str; 5] = [
+    "input",
+    "output",
+    "cache_write_5m",
+    "cache_write_1h",
+    "cache_read",
+];
+
+type ModelCache = RwLock<HashMap<String, Arc<ModelCounters>>>;
+
 /// Record metered tokens and cost (cost in nano-units of the price currency).
-pub fn usage(service: &str, model: &str, usage: &relay_core::Usage, cost_nano: u64) {
-    let kinds = [
-        ("input", usage.input_tokens),
-        ("output", usage.output_tokens),
-        ("cache_write_5m", usage.cache_write_5m_tokens),
-        ("cache_write_1h", usage.cache_write_1h_tokens),
-        ("cache_read", usage.cache_read_tokens),
+pub fn usage(service: Service, model: &str, usage: &relay_core::Usage, cost_nano: u64) {
+    static CACHE: OnceLock<[ModelCache; 3]> = OnceLock::new();
+    let caches = CACHE.get_or_init(Default::default);
+    let cache = &caches[match service {
+        Service::Anthropic => 0,
+        Service::Openai => 1,
+        Service::Gemini => 2,
+    }];
+    let found = cache.read().get(model).cloned();
+    let counters = match found {
+        Some(c) => c,
+        None => {
+            let c = Arc::new(ModelCounters {
+                tokens: TOKEN_KINDS.map(|kind| {
+                    metrics::counter!("relay_tokens_total", "service" => service.as_str(), "model" => model.to_owned(), "kind" => kind)
+                }),
+                cost: metrics::counter!("relay_cost_nano_total", "service" => service.as_str(), "model" => model.to_owned()),
+            });
+            cache.write().insert(model.to_owned(), Arc::clone(&c));
+            c
+        }
+    };
+    let counts = [
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cache_write_5m_tokens,
+        usage.cache_write_1h_tokens,
+        usage.cache_read_tokens,
     ];
-    for (kind, n) in kinds {
+    for (counter, n) in counters.tokens.iter().zip(counts) {
         if n > 0 {
-            metrics::counter!("relay_tokens_total", "service" => service.to_owned(), "model" => model.to_owned(), "kind" => kind)
-                .increment(n);
+            counter.increment(n);
         }
     }
-    metrics::counter!("relay_cost_nano_total", "service" => service.to_owned(), "model" => model.to_owned())
-        .increment(cost_nano);
+    counters.cost.increment(cost_nano);
+}
+
+/// Count a metered event by how metering ended.
+pub fn metered(outcome: &'static str) {
+    static CACHE: OnceLock<RwLock<HashMap<&'static str, Counter>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(c) = cache.read().get(outcome) {
+        c.increment(1);
+        return;
+    }
+    let c = metrics::counter!("relay_metered_total", "outcome" => outcome);
+    c.increment(1);
+    cache.write().insert(outcome, c);
 }
 
 /// Set the pool health gauges (called when `/metrics` is scraped).

@@ -30,8 +30,8 @@ impl ObservedSink {
 impl UsageSink for ObservedSink {
     async fn record(&self, event: UsageEvent) {
         let nano = relay_usage::limiter::cost_units(event.cost.amount());
-        crate::metrics::usage(event.service.as_str(), &event.model, &event.usage, nano);
-        metrics::counter!("relay_metered_total", "outcome" => event.outcome.as_str()).increment(1);
+        crate::metrics::usage(event.service, &event.model, &event.usage, nano);
+        crate::metrics::metered(event.outcome.as_str());
         self.inner.record(event).await;
     }
 }

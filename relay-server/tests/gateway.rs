@@ -168,7 +168,8 @@ async fn relays_and_meters(backend: &Backend) {
         (MeterOutcome::Complete, 12, Service::Gemini)
     );
 
-    // count_tokens and /v1/models: authenticated, not metered.
+    // Token counting (Anthropic's count_tokens, Gemini's countTokens): admitted, relayed,
+    // never metered or charged, and its lease released.
     let res = s
         .post(
             "/v1/messages/count_tokens",
@@ -183,8 +184,23 @@ async fn relays_and_meters(backend: &Backend) {
             .unwrap()
             > 0
     );
-    assert_eq!(s.state.usage.recent().len(), 5);
+    let res = s
+        .http
+        .post(s.url("/v1beta/models/gemini-2.5-flash:countTokens"))
+        .header("x-goog-api-key", &key)
+        .json(&json!({"contents": [{"parts": [{"text": "Hi"}]}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.json::<Value>().await.unwrap()["totalTokens"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
     assert_eq!(s.in_flight_settles(&key_id).await, 0);
+    assert_eq!(s.state.usage.recent().len(), 5);
 
     // Stop the jobs first: only this test charges usage.
     s.state.scheduler.shutdown();
@@ -305,6 +321,78 @@ async fn denials_in_client_shapes(backend: &Backend) {
         .await
         .unwrap();
     assert_eq!(anthropic_shape["data"][0]["type"], "model");
+    // count_tokens is admitted like any request: a model the key may not use is refused in
+    // Anthropic's shape, one it may use is answered.
+    let count =
+        |model: &str| json!({"model": model, "messages": [{"role": "user", "content": "Hi"}]});
+    let res = s
+        .post(
+            "/v1/messages/count_tokens",
+            &haiku_only,
+            &count("claude-sonnet-4-5"),
+        )
+        .await;
+    assert_eq!(res.status(), 403);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(
+        (v["type"].as_str(), v["error"]["type"].as_str()),
+        (Some("error"), Some("permission_error"))
+    );
+    let res = s
+        .post(
+            "/v1/messages/count_tokens",
+            &haiku_only,
+            &count("claude-haiku-4-5"),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    res.bytes().await.unwrap();
+    // ... and it counts against request windows, while reserving no tokens: a one-token
+    // cap refuses a message, but not two token counts; the third count is over the
+    // request cap.
+    let (two_a_minute, two_id) = s
+        .key(KeyPolicy {
+            rate_windows: vec![RateWindow {
+                window_secs: 60,
+                max_requests: Some(2),
+                max_tokens: Some(1),
+                max_cost: None,
+            }],
+            ..KeyPolicy::default()
+        })
+        .await;
+    let res = s
+        .post(
+            "/v1/messages",
+            &two_a_minute,
+            &json!({"model": "claude-haiku-4-5", "max_tokens": 8, "messages": []}),
+        )
+        .await;
+    assert_eq!(res.status(), 429);
+    res.bytes().await.unwrap();
+    for _ in 0..2 {
+        let res = s
+            .post(
+                "/v1/messages/count_tokens",
+                &two_a_minute,
+                &count("claude-haiku-4-5"),
+            )
+            .await;
+        assert_eq!(res.status(), 200);
+        res.bytes().await.unwrap();
+    }
+    let res = s
+        .post(
+            "/v1/messages/count_tokens",
+            &two_a_minute,
+            &count("claude-haiku-4-5"),
+        )
+        .await;
+    assert_eq!(res.status(), 429);
+    assert!(res.headers().contains_key("retry-after"));
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
+    assert_eq!(s.in_flight_settles(&two_id).await, 0);
 
     // Rate window: second request is 429 with Retry-After (OpenAI shape).
     let (one_a_minute, _) = s

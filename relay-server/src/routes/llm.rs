@@ -9,6 +9,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use http::{header, StatusCode};
 use relay_core::Service;
+use relay_usage::RequestFacts;
 use serde::Deserialize;
 
 use super::error::{error_response, ApiFlavor};
@@ -18,6 +19,9 @@ use crate::upstream::{Outbound, RelayError};
 /// Header naming a conversation for sticky routing.
 pub const SESSION_HEADER: &str = "x-relay-session";
 
+/// What the relay needs from a request body: whether it streams and which conversation it
+/// names. Normally taken from the [`RequestFacts`] the policy layer derived (the body is
+/// parsed once per request); parsed here only for a handler mounted without that layer.
 #[derive(Deserialize, Default)]
 struct Peek {
     #[serde(default)]
@@ -34,6 +38,15 @@ struct Peek {
 struct Metadata {
     #[serde(default)]
     user_id: Option<String>,
+}
+
+impl Peek {
+    fn session(self) -> Option<String> {
+        self.metadata
+            .and_then(|m| m.user_id)
+            .or(self.prompt_cache_key)
+            .or(self.user)
+    }
 }
 
 async fn read_body(app: &AppState, body: Body, flavor: ApiFlavor) -> Result<Bytes, Response> {
@@ -62,14 +75,13 @@ fn peek(body: &[u8], flavor: ApiFlavor) -> Result<Peek, Box<Response>> {
     })
 }
 
-fn sticky_key(headers: &http::HeaderMap, peek: &Peek) -> Option<String> {
+/// The conversation a request names: the session header first, then the body's own.
+fn sticky_key(headers: &http::HeaderMap, body_session: Option<String>) -> Option<String> {
     headers
         .get(SESSION_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
-        .or_else(|| peek.metadata.as_ref().and_then(|m| m.user_id.clone()))
-        .or_else(|| peek.prompt_cache_key.clone())
-        .or_else(|| peek.user.clone())
+        .or(body_session)
         .filter(|s| !s.is_empty() && s.len() <= 256)
 }
 
@@ -98,16 +110,19 @@ async fn relay(
     flavor: ApiFlavor,
     include_usage: bool,
 ) -> Response {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let body = match read_body(&app, body, flavor).await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let peeked = match peek(&body, flavor) {
-        Ok(p) => p,
-        Err(r) => return *r,
+    let (stream, session) = match parts.extensions.remove::<RequestFacts>() {
+        Some(facts) => (facts.stream, facts.session),
+        None => match peek(&body, flavor) {
+            Ok(p) => (p.stream == Some(true), p.session()),
+            Err(r) => return *r,
+        },
     };
-    let body = if include_usage && peeked.stream == Some(true) {
+    let body = if include_usage && stream {
         match inject_include_usage(&body) {
             Ok(b) => b,
             Err(e) => {
@@ -125,7 +140,7 @@ async fn relay(
         service,
         method: parts.method,
         path_and_query,
-        sticky: sticky_key(&parts.headers, &peeked),
+        sticky: sticky_key(&parts.headers, session),
         headers: parts.headers,
         body,
     };
@@ -263,14 +278,22 @@ mod tests {
     fn sticky_key_sources_in_order() {
         let mut h = http::HeaderMap::new();
         let p: Peek = serde_json::from_str(r#"{"metadata":{"user_id":"u1"},"user":"u2"}"#).unwrap();
-        assert_eq!(sticky_key(&h, &p).as_deref(), Some("u1"));
+        assert_eq!(sticky_key(&h, p.session()).as_deref(), Some("u1"));
         h.insert(SESSION_HEADER, "s1".parse().unwrap());
-        assert_eq!(sticky_key(&h, &p).as_deref(), Some("s1"));
+        assert_eq!(sticky_key(&h, Some("u1".into())).as_deref(), Some("s1"));
         let p: Peek = serde_json::from_str(r#"{"user":"u2"}"#).unwrap();
         assert_eq!(
-            sticky_key(&http::HeaderMap::new(), &p).as_deref(),
+            sticky_key(&http::HeaderMap::new(), p.session()).as_deref(),
             Some("u2")
         );
-        assert_eq!(sticky_key(&http::HeaderMap::new(), &Peek::default()), None);
+        assert_eq!(sticky_key(&http::HeaderMap::new(), None), None);
+        assert_eq!(
+            sticky_key(&http::HeaderMap::new(), Some(String::new())),
+            None
+        );
+        assert_eq!(
+            sticky_key(&http::HeaderMap::new(), Some("x".repeat(257))),
+            None
+        );
     }
 }

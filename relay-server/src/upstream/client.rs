@@ -102,6 +102,23 @@ fn join(base: &str, path: &str) -> String {
     }
 }
 
+/// The upstream URL of `path_and_query` on `account`: its parsed base URL with the joined
+/// path and the query set (no full parse per request), or the joined text when the base
+/// URL did not parse (the client then reports why).
+fn upstream_url(account: &Account, path_and_query: &str) -> Result<reqwest::Url, String> {
+    let Some(base) = &account.parsed_url else {
+        return Err(join(&account.base_url, path_and_query));
+    };
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    };
+    let mut url = base.clone();
+    url.set_path(&join(base.path().trim_end_matches('/'), path));
+    url.set_query(query);
+    Ok(url)
+}
+
 impl Relay {
     /// A relay over `pools` with connection pooling and the given timeouts.
     pub fn new(pools: Arc<Pools>, timeouts: UpstreamTimeouts) -> Result<Self, reqwest::Error> {
@@ -133,7 +150,6 @@ impl Relay {
     }
 
     fn build(&self, account: &Account, out: &Outbound) -> reqwest::RequestBuilder {
-        let url = join(&account.base_url, &out.path_and_query);
         let mut headers = reqwest::header::HeaderMap::with_capacity(8);
         for name in FORWARD_REQUEST {
             if let Some(v) = out.headers.get(*name) {
@@ -163,10 +179,11 @@ impl Relay {
             v.set_sensitive(true);
             headers.insert(HeaderName::from_static(auth.0), v);
         }
-        self.http
-            .request(out.method.clone(), url)
-            .headers(headers)
-            .body(out.body.clone())
+        let builder = match upstream_url(account, &out.path_and_query) {
+            Ok(url) => self.http.request(out.method.clone(), url),
+            Err(text) => self.http.request(out.method.clone(), text),
+        };
+        builder.headers(headers).body(out.body.clone())
     }
 
     /// Send `out` to an account of its service's pool, failing over as described in the
@@ -205,12 +222,16 @@ impl Relay {
                 }
                 Ok(res) => {
                     let status = res.status();
-                    crate::metrics::upstream_response(
-                        out.service,
-                        &account.name,
-                        status.as_str(),
-                        elapsed,
-                    );
+                    if status == StatusCode::OK {
+                        account.record_ok_latency(elapsed);
+                    } else {
+                        crate::metrics::upstream_response(
+                            out.service,
+                            &account.name,
+                            status.as_str(),
+                            elapsed,
+                        );
+                    }
                     match failure_of(status, res.headers()) {
                         Some(failure) => {
                             let cooldown =
@@ -283,6 +304,7 @@ fn into_response(res: reqwest::Response) -> Response<Body> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::pool::Credential;
     use super::*;
 
     #[test]
@@ -302,6 +324,33 @@ mod tests {
         assert_eq!(
             join("https://g", "/v1beta/models/m:generateContent"),
             "https://g/v1beta/models/m:generateContent"
+        );
+    }
+
+    #[test]
+    fn upstream_urls_match_the_joined_text() {
+        let cases = [
+            ("https://api.openai.com", "/v1/chat/completions"),
+            ("https://host/v1", "/v1/chat/completions"),
+            ("https://host/v1/", "/v1/responses"),
+            ("https://host/openai", "/v1/responses"),
+            ("http://127.0.0.1:9101", "/v1/messages"),
+            (
+                "https://generativelanguage.googleapis.com",
+                "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+            ),
+        ];
+        for (base, path) in cases {
+            let account = Account::new("a", Service::Openai, base, Credential::new("k"), 1);
+            let fast = upstream_url(&account, path).unwrap();
+            let slow = reqwest::Url::parse(&join(&account.base_url, path)).unwrap();
+            assert_eq!(fast, slow, "{base} + {path}");
+        }
+        // A base URL that does not parse is passed on as text for the client to refuse.
+        let bad = Account::new("b", Service::Openai, "not a url", Credential::new("k"), 1);
+        assert_eq!(
+            upstream_url(&bad, "/v1/responses").unwrap_err(),
+            "not a url/v1/responses"
         );
     }
 

@@ -81,12 +81,18 @@ pub struct Account {
     pub service: Service,
     /// Base URL without a trailing slash.
     pub base_url: String,
+    /// `base_url` parsed once, so a request only sets its path (parsing the whole URL,
+    /// host and IDNA included, cost more than anything else in building a request).
+    /// `None` when it does not parse; requests then fail with the parse error.
+    pub(crate) parsed_url: Option<reqwest::Url>,
     /// The credential.
     pub credential: Credential,
     /// Share of traffic.
     pub weight: u32,
     cooldown_until_ms: AtomicI64,
     failures: AtomicU32,
+    /// `relay_upstream_seconds` for this account's 200s, looked up once.
+    ok_latency: std::sync::OnceLock<metrics::Histogram>,
 }
 
 impl Account {
@@ -98,15 +104,27 @@ impl Account {
         credential: Credential,
         weight: u32,
     ) -> Self {
+        let base_url = base_url.into().trim_end_matches('/').to_owned();
         Self {
             name: name.into(),
             service,
-            base_url: base_url.into().trim_end_matches('/').to_owned(),
+            parsed_url: reqwest::Url::parse(&base_url)
+                .ok()
+                .filter(|u| u.has_host() && u.query().is_none() && u.fragment().is_none()),
+            base_url,
             credential,
             weight: weight.max(1),
             cooldown_until_ms: AtomicI64::new(0),
             failures: AtomicU32::new(0),
+            ok_latency: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Record the latency of an upstream answer with status 200.
+    pub fn record_ok_latency(&self, elapsed: Duration) {
+        self.ok_latency
+            .get_or_init(|| crate::metrics::upstream_ok(self.service, &self.name))
+            .record(elapsed.as_secs_f64());
     }
 
     /// Usable at `now_ms`?

@@ -11,6 +11,7 @@ use relay_core::{Money, Usage};
 use rust_decimal::Decimal;
 
 use super::Context_;
+use crate::limiter::Permit;
 use crate::meter::UsageParser;
 use crate::sink::{MeterOutcome, UsageEvent};
 
@@ -96,6 +97,9 @@ impl Meter {
     }
 
     fn observe(&mut self, chunk: &[u8]) {
+        if !self.ctx.facts.billable {
+            return;
+        }
         self.parser.feed(chunk);
         if let (Some(permit), Some(partial)) = (&self.ctx.permit, self.parser.partial()) {
             let tokens = partial.total_tokens();
@@ -106,8 +110,15 @@ impl Meter {
         }
     }
 
-    /// Price what was consumed, settle, record. `ended` is how the body ended.
+    /// Price what was consumed, settle, record. `ended` is how the body ended. A request
+    /// that is not billable (token counting) settles at zero and records no event.
     fn finish(mut self, ended: MeterOutcome) {
+        if !self.ctx.facts.billable {
+            if let Some(permit) = self.ctx.permit {
+                spawn_settle(permit, 0, Decimal::ZERO);
+            }
+            return;
+        }
         let (usage, outcome) = if !self.status.is_success() {
             (
                 Usage {
@@ -162,6 +173,20 @@ impl Meter {
             sink.record(event).await;
         });
     }
+}
+
+/// Settle `permit` in a task of its own (the body is polled in synchronous code).
+fn spawn_settle(permit: Permit, tokens: u64, cost: Decimal) {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        // Dropped here, the permit settles its floor when a runtime runs, or its lease
+        // expires.
+        return;
+    };
+    handle.spawn(async move {
+        if let Err(e) = permit.settle(tokens, cost).await {
+            tracing::warn!(error = %e, "settling a permit failed; its lease will expire");
+        }
+    });
 }
 
 impl<B> Body for MeteredBody<B>

@@ -255,9 +255,7 @@ where
                 model: &facts.model,
                 user_agent,
                 ip: parts.extensions.get::<ClientIp>().map(|c| c.0),
-                estimated_tokens: facts
-                    .estimated_prompt_tokens
-                    .saturating_add(facts.max_output_tokens),
+                estimated_tokens: facts.reserved_tokens(),
                 estimated_cost: facts.estimated_cost,
                 min_cost: facts.min_cost,
                 request_id: &request_id,

@@ -21,6 +21,10 @@ use super::{
 };
 use crate::sink::UsageEvent;
 
+/// Most rows per INSERT statement (see `insert_batch`); well under SQLite's limit on bound
+/// parameters, and few enough statement forms to stay in the statement cache.
+const INSERT_CHUNK: usize = 32;
+
 const MIGRATIONS: &[(i64, &str)] = &[(
     1,
     include_str!("../../../migrations/sqlite/0001_usage_records.sql"),
@@ -195,26 +199,36 @@ impl UsageRecordStore for SqliteUsageStore {
         if events.is_empty() {
             return Ok(0);
         }
-        let mut qb: QueryBuilder<'_, Sqlite> =
-            QueryBuilder::new(format!("INSERT INTO usage_records ({RECORD_COLUMNS}) "));
-        qb.push_values(events, |mut b, e| {
-            b.push_bind(e.request_id.to_string())
-                .push_bind(e.user_id.to_string())
-                .push_bind(e.key_id.to_string())
-                .push_bind(e.service.as_str())
-                .push_bind(clean_model(&e.model));
-            for c in usage_to_db(&e.usage) {
-                b.push_bind(c);
-            }
-            b.push_bind(e.cost.amount().to_string())
-                .push_bind(e.cost.currency().code())
-                .push_bind(e.outcome.as_str())
-                .push_bind(i64::from(e.status))
-                .push_bind(e.at.timestamp_millis());
-        });
-        qb.push(" ON CONFLICT (request_id) DO NOTHING");
-        let done = qb.build().execute(&self.pool).await?;
-        Ok(done.rows_affected())
+        // Rows go in chunks of at most INSERT_CHUNK, so the statement text takes at most
+        // INSERT_CHUNK forms and each is prepared once per connection (sqlx's statement
+        // cache): one multi-row INSERT per batch had a new text for every batch size and
+        // SQLite parsed and planned it every time, which cost more than the inserts. One
+        // transaction keeps the batch all-or-nothing, as the single statement was.
+        let mut tx = self.pool.begin().await?;
+        let mut inserted = 0;
+        for chunk in events.chunks(INSERT_CHUNK) {
+            let mut qb: QueryBuilder<'_, Sqlite> =
+                QueryBuilder::new(format!("INSERT INTO usage_records ({RECORD_COLUMNS}) "));
+            qb.push_values(chunk, |mut b, e| {
+                b.push_bind(e.request_id.to_string())
+                    .push_bind(e.user_id.to_string())
+                    .push_bind(e.key_id.to_string())
+                    .push_bind(e.service.as_str())
+                    .push_bind(clean_model(&e.model));
+                for c in usage_to_db(&e.usage) {
+                    b.push_bind(c);
+                }
+                b.push_bind(e.cost.amount().to_string())
+                    .push_bind(e.cost.currency().code())
+                    .push_bind(e.outcome.as_str())
+                    .push_bind(i64::from(e.status))
+                    .push_bind(e.at.timestamp_millis());
+            });
+            qb.push(" ON CONFLICT (request_id) DO NOTHING");
+            inserted += qb.build().execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(inserted)
     }
 
     async fn record(&self, request_id: &RequestId) -> Result<Option<UsageEvent>, SinkError> {
