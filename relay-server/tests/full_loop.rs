@@ -471,7 +471,9 @@ async fn full_loop(backend: Backend) {
     assert_eq!(status, 429, "{body}");
     assert_eq!(anthropic_error(&body), "rate_limit_error");
     let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
-    assert!((1..=60).contains(&retry), "retry-after {retry}");
+    // A sliding-window counter frees room as the previous bucket decays: within two
+    // window lengths, depending on where in the minute the calls fell.
+    assert!((1..=120).contains(&retry), "retry-after {retry}");
 
     // A budget: calls pass until the day's cap cannot hold another, then 402.
     let mut passed = 0;
