@@ -319,6 +319,9 @@ impl Gateway {
         )
         .with_provider(Arc::new(relay_payments::manual::ManualProvider::new(
             Arc::clone(&clock),
+        )))
+        .with_usage_report(Arc::new(crate::api::usage_report::RecordUsageReport(
+            db.usage_store(),
         )));
         if let Some(stripe) = &config.stripe {
             let mut sc = relay_payments::stripe::StripeConfig::new(

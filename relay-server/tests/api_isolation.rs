@@ -98,7 +98,7 @@ async fn users_cannot_touch_each_others_records(backend: Backend) {
         .await;
     assert_eq!(
         String::from_utf8(csv.2).unwrap(),
-        "day,model,requests,cost,charged,currency\n"
+        "day,model,requests,input_tokens,output_tokens,cache_write_5m_tokens,cache_write_1h_tokens,cache_read_tokens,cost,charged,currency\n"
     );
     let export = h.ok("GET", "/api/user/export", Some(&bob), None).await;
     for part in ["keys", "orders", "invoices", "ledger", "usage"] {

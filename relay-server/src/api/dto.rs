@@ -60,6 +60,8 @@ pub struct UserDto {
     pub email_verified: bool,
     /// When the account was created.
     pub created_at: DateTime<Utc>,
+    /// Display name, if set.
+    pub display_name: Option<String>,
 }
 
 impl From<&User> for UserDto {
@@ -71,6 +73,7 @@ impl From<&User> for UserDto {
             status: status_name(u.status),
             email_verified: u.email_verified_at.is_some(),
             created_at: u.created_at,
+            display_name: u.display_name.clone(),
         }
     }
 }
@@ -353,6 +356,9 @@ pub struct KeyDto {
     pub revoked_at: Option<DateTime<Utc>>,
     /// Suspended because the plan ended.
     pub suspended_at: Option<DateTime<Utc>>,
+    /// The key's own limits within the plan (`policy` is the plan's narrowed by these).
+    #[schema(value_type = Option<Object>)]
+    pub limits: Option<serde_json::Value>,
 }
 
 impl From<&ApiKeyRecord> for KeyDto {
@@ -368,6 +374,10 @@ impl From<&ApiKeyRecord> for KeyDto {
             expires_at: k.expires_at,
             revoked_at: k.revoked_at,
             suspended_at: k.suspended_at,
+            limits: k
+                .own_limits
+                .as_ref()
+                .and_then(|l| serde_json::to_value(l).ok()),
         }
     }
 }
@@ -436,6 +446,36 @@ pub struct UsageRowDto {
     pub cost: MoneyDto,
     /// Charged to the wallet, when the source knows it.
     pub charged: Option<MoneyDto>,
+    /// Token counts, when the source records them.
+    #[serde(default)]
+    pub tokens: Option<TokensDto>,
+}
+
+/// Tokens of a usage row, by kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TokensDto {
+    /// Prompt tokens not read from or written to a cache.
+    pub input: u64,
+    /// Output tokens.
+    pub output: u64,
+    /// Prompt tokens written to a 5-minute cache.
+    pub cache_write_5m: u64,
+    /// Prompt tokens written to a 1-hour cache.
+    pub cache_write_1h: u64,
+    /// Prompt tokens read from a cache.
+    pub cache_read: u64,
+}
+
+impl From<&relay_core::Usage> for TokensDto {
+    fn from(u: &relay_core::Usage) -> Self {
+        Self {
+            input: u.input_tokens,
+            output: u.output_tokens,
+            cache_write_5m: u.cache_write_5m_tokens,
+            cache_write_1h: u.cache_write_1h_tokens,
+            cache_read: u.cache_read_tokens,
+        }
+    }
 }
 
 /// Everything stored about the user (data export).

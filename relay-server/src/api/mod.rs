@@ -212,7 +212,7 @@ pub fn router(state: ApiState) -> Router {
         // keys and usage
         .route("/user/keys", get(keys::list).post(keys::create))
         .route("/user/keys/{id}/rotate", post(keys::rotate))
-        .route("/user/keys/{id}", delete(keys::revoke))
+        .route("/user/keys/{id}", delete(keys::revoke).patch(keys::update))
         .route("/user/usage", get(usage::usage))
         // admin
         .route("/admin/users", get(users::search))
@@ -297,6 +297,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/user/keys"),
     ("POST", "/api/user/keys/{id}/rotate"),
     ("DELETE", "/api/user/keys/{id}"),
+    ("PATCH", "/api/user/keys/{id}"),
     ("GET", "/api/user/usage"),
     ("GET", "/api/admin/users"),
     ("POST", "/api/admin/users/{id}/status"),

@@ -24,6 +24,7 @@ use super::{admin, user};
         user::billing::invoice, user::billing::balance, user::billing::ledger,
         user::billing::redeem, user::billing::subscription,
         user::keys::list, user::keys::create, user::keys::rotate, user::keys::revoke,
+        user::keys::update,
         user::usage::usage,
         admin::users::search, admin::users::set_status, admin::users::set_role,
         admin::orders::get_order, admin::orders::of_user, admin::orders::ledger_of_user,
