@@ -43,6 +43,7 @@ pub use builtin::{
     BillingJob, BillingTask, FnJob, JobFuture, LedgerReconcileJob, PaymentReconcileJob,
     UsageFlushJob,
 };
+pub use builtin::{AuthPurgeJob, UsageRollupJob};
 pub use claims::{migrate, Claim, RedisRunClaims, RunClaims, SqlRunClaims};
 pub use relay_billing::jobs::JobReport;
 
