@@ -62,6 +62,33 @@ pub struct UserDto {
     pub created_at: DateTime<Utc>,
     /// Display name, if set.
     pub display_name: Option<String>,
+    /// Risk flags (admin views only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub risk_flags: Option<Vec<RiskFlagDto>>,
+}
+
+/// A risk flag an admin set on a user.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RiskFlagDto {
+    /// Name.
+    pub flag: String,
+    /// Why.
+    pub reason: String,
+    /// Who set it (user id).
+    pub actor: Option<String>,
+    /// When.
+    pub set_at: DateTime<Utc>,
+}
+
+impl From<&relay_auth::RiskFlag> for RiskFlagDto {
+    fn from(f: &relay_auth::RiskFlag) -> Self {
+        Self {
+            flag: f.flag.clone(),
+            reason: f.reason.clone(),
+            actor: f.actor.as_ref().map(ToString::to_string),
+            set_at: f.set_at,
+        }
+    }
 }
 
 impl From<&User> for UserDto {
@@ -74,6 +101,7 @@ impl From<&User> for UserDto {
             email_verified: u.email_verified_at.is_some(),
             created_at: u.created_at,
             display_name: u.display_name.clone(),
+            risk_flags: None,
         }
     }
 }

@@ -218,6 +218,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/admin/users", get(users::search))
         .route("/admin/users/{id}/status", post(users::set_status))
         .route("/admin/users/{id}/role", post(users::set_role))
+        .route("/admin/users/{id}/flags", post(users::set_flag))
+        .route("/admin/users/{id}/flags/{flag}", delete(users::clear_flag))
         .route("/admin/users/{id}/orders", get(orders::of_user))
         .route("/admin/users/{id}/ledger", get(orders::ledger_of_user))
         .route("/admin/users/{id}/invoices", get(orders::invoices_of_user))
@@ -302,6 +304,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/admin/users"),
     ("POST", "/api/admin/users/{id}/status"),
     ("POST", "/api/admin/users/{id}/role"),
+    ("POST", "/api/admin/users/{id}/flags"),
+    ("DELETE", "/api/admin/users/{id}/flags/{flag}"),
     ("GET", "/api/admin/users/{id}/orders"),
     ("GET", "/api/admin/users/{id}/ledger"),
     ("GET", "/api/admin/users/{id}/invoices"),

@@ -27,6 +27,7 @@ use super::{admin, user};
         user::keys::update,
         user::usage::usage,
         admin::users::search, admin::users::set_status, admin::users::set_role,
+        admin::users::set_flag, admin::users::clear_flag,
         admin::orders::get_order, admin::orders::of_user, admin::orders::ledger_of_user,
         admin::orders::invoices_of_user,
         admin::money::adjust, admin::money::top_up, admin::money::manual_payment,

@@ -217,6 +217,17 @@ pub async fn create(
     ApiJson(body): ApiJson<CreateKeyBody>,
 ) -> ApiResult<(StatusCode, Json<IssuedKeyDto>)> {
     let user = &me.user.user.id;
+    let flags = s.accounts.risk_flags(user).await?;
+    if flags
+        .iter()
+        .any(|f| f.flag == crate::api::admin::users::BLOCK_NEW_KEYS)
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "key_creation_blocked",
+            "new API keys are blocked on this account: contact support",
+        ));
+    }
     let plan = plan_policy(&s, user).await?;
     let policy = match (body.policy, &plan) {
         (Some(p), Some(plan)) => {
