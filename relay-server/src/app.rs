@@ -305,10 +305,8 @@ impl Gateway {
                     s.with_job(Arc::new(job), Duration::from_secs(3600))
                 })
                 .and_then(|s| {
-                    let job = crate::jobs::UsageRollupJob::new(
-                        db.usage_store(),
-                        Arc::clone(&clock),
-                    );
+                    let job =
+                        crate::jobs::UsageRollupJob::new(db.usage_store(), Arc::clone(&clock));
                     s.with_job(Arc::new(job), Duration::from_secs(300))
                 })
                 .map_err(|e| ServerError::Startup(format!("jobs: {e}")))?,

@@ -77,6 +77,15 @@ async fn users_cannot_touch_each_others_records(backend: Backend) {
         )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = h
+        .call(
+            "PATCH",
+            &format!("/api/user/keys/{key_id}"),
+            Some(&bob),
+            Some(json!({"limits": {"concurrency": 1}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "Bob cannot narrow Ann's key");
     for path in [
         "/api/user/orders",
         "/api/user/invoices",

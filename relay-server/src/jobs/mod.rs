@@ -39,11 +39,11 @@ use relay_core::SharedClock;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
+pub use builtin::{AuthPurgeJob, UsageRollupJob};
 pub use builtin::{
     BillingJob, BillingTask, FnJob, JobFuture, LedgerReconcileJob, PaymentReconcileJob,
     UsageFlushJob,
 };
-pub use builtin::{AuthPurgeJob, UsageRollupJob};
 pub use claims::{migrate, Claim, RedisRunClaims, RunClaims, SqlRunClaims};
 pub use relay_billing::jobs::JobReport;
 

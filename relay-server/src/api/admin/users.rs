@@ -111,7 +111,10 @@ pub async fn search(
     let store = s.accounts.store();
     let exact = match (&q.email, &q.id) {
         (Some(_), Some(_)) => {
-            return Err(ApiError::invalid("email", "give at most one of email or id"))
+            return Err(ApiError::invalid(
+                "email",
+                "give at most one of email or id",
+            ))
         }
         (Some(_), None) | (None, Some(_)) if listing => {
             return Err(ApiError::invalid(
@@ -136,11 +139,7 @@ pub async fn search(
         return Err(ApiError::invalid("limit", "limit must be 1 to 100"));
     }
     let filter = UserFilter {
-        email_contains: q
-            .q
-            .as_deref()
-            .map(|t| text("q", t, 1, 254))
-            .transpose()?,
+        email_contains: q.q.as_deref().map(|t| text("q", t, 1, 254)).transpose()?,
         status: q
             .status
             .as_deref()
@@ -159,7 +158,11 @@ pub async fn search(
         role: q
             .role
             .as_deref()
-            .map(|r| r.trim().parse::<Role>().map_err(|e| ApiError::invalid("role", e)))
+            .map(|r| {
+                r.trim()
+                    .parse::<Role>()
+                    .map_err(|e| ApiError::invalid("role", e))
+            })
             .transpose()?,
         flag: match q.flag.as_deref() {
             Some(f) if !relay_auth::profile::valid_flag_name(f) => {

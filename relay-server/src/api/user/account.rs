@@ -262,8 +262,8 @@ pub async fn update_profile(
         .map(relay_auth::profile::display_name)
         .transpose()?;
     if let Some(e) = &body.email {
-        let email = relay_auth::Email::parse(e)
-            .map_err(|e| ApiError::invalid("email", e.to_string()))?;
+        let email =
+            relay_auth::Email::parse(e).map_err(|e| ApiError::invalid("email", e.to_string()))?;
         if email == user.email {
             return Err(ApiError::invalid(
                 "email",
@@ -275,7 +275,10 @@ pub async fn update_profile(
         relay_auth::Password::new_for_account(p)
             .map_err(|e| ApiError::invalid("new_password", e.to_string()))?;
     }
-    let current = match (&body.current_password, body.new_password.is_some() || body.email.is_some()) {
+    let current = match (
+        &body.current_password,
+        body.new_password.is_some() || body.email.is_some(),
+    ) {
         (Some(c), _) => c.as_str(),
         (None, true) => {
             return Err(ApiError::invalid(
@@ -441,7 +444,11 @@ pub async fn delete_account(
     // Other places first: once the account is erased the user cannot retry.
     crate::api::user::erase::erase_outbox(&s, &user.id, &user.email).await?;
     s.accounts
-        .erase(&user.id, Some(&user.id), "account deleted and erased by the user")
+        .erase(
+            &user.id,
+            Some(&user.id),
+            "account deleted and erased by the user",
+        )
         .await?;
     Ok(Json(OkDto::new(
         "account closed; billing records are kept under an anonymous id",

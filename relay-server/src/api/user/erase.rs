@@ -4,8 +4,8 @@
 //! - relay-auth's tables: erased by `AccountService::erase` (email replaced by
 //!   `deleted+<user id>@erased.invalid`, password, TOTP, sessions, tokens removed).
 //! - the notification outbox (`server_outbox`, on billing's pool): rows addressed to the
-//!   user, or whose payload names the address, lose recipient, subject, bodies and
-//!   payload; pending ones are ended so they are never sent.
+//!   user, or whose subject, bodies or payload name the address, lose them (and the
+//!   recipient, when it is the user); pending ones are ended so they are never sent.
 //! - billing (orders, invoices, ledger, usage batches) and payments (webhook dedupe) name
 //!   only the opaque user id: kept, as the law requires for accounting records.
 //! - the audit log is append-only and records ids, not addresses.
@@ -47,10 +47,13 @@ pub async fn erase_outbox(s: &ApiState, user: &UserId, email: &Email) -> ApiResu
             .replace('_', "\\_")
     );
     let r = sqlx::query(
-        "UPDATE server_outbox SET recipient = $1, subject = '', body_text = '', body_html = '', \
-         payload = '{}', last_error = 'erased with the account', \
+        "UPDATE server_outbox SET \
+         recipient = CASE WHEN recipient = $2 THEN $1 ELSE recipient END, \
+         subject = '', body_text = '', body_html = '', payload = '{}', \
+         last_error = 'erased with the account', \
          status = CASE WHEN status = 'pending' THEN 'dead' ELSE status END \
-         WHERE (channel = 'email' AND recipient = $2) OR payload LIKE $3 ESCAPE '\\'",
+         WHERE recipient = $2 OR payload LIKE $3 ESCAPE '\\' OR subject LIKE $3 ESCAPE '\\' \
+         OR body_text LIKE $3 ESCAPE '\\' OR body_html LIKE $3 ESCAPE '\\'",
     )
     .bind(placeholder.as_str())
     .bind(email.as_str())
