@@ -71,9 +71,9 @@ fn min_money(
     let own = own.filter(|o| o.currency() == currency);
     match (plan, own) {
         (Some(p), Some(o)) => Some(if o.checked_cmp(p).is_ok_and(|c| c.is_lt()) {
-            o.clone()
+            *o
         } else {
-            p.clone()
+            *p
         }),
         (p, o) => p.or(o).cloned(),
     }
