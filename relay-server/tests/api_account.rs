@@ -11,7 +11,7 @@ use std::sync::Arc;
 use api_support::{Backend, Harness, PASSWORD};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use chrono::{Duration, NaiveDate, TimeZone, Utc};
+use chrono::{Duration, TimeZone, Utc};
 use http_body_util::BodyExt;
 use relay_auth::{Email, Notice, Role};
 use relay_core::{
@@ -888,7 +888,6 @@ async fn usage_is_by_day_and_model_from_usage_records_and_private() {
             "{q}"
         );
     }
-    let _ = NaiveDate::from_ymd_opt(2026, 1, 3);
 }
 
 #[tokio::test]
@@ -1121,4 +1120,58 @@ async fn admins_list_users_with_filters_and_flag_them() {
         .await
         .unwrap();
     assert_eq!(page.entries.len(), 1);
+}
+
+#[tokio::test]
+async fn rollup_job_makes_todays_records_visible_to_the_usage_route() {
+    use relay_server::jobs::{Job, UsageRollupJob};
+    let h = Harness::memory().await;
+    let (ann, ann_id) = h.user("ann@example.com").await;
+    let dir = tempfile::tempdir().unwrap();
+    let opts: sqlx::sqlite::SqliteConnectOptions =
+        format!("sqlite://{}", dir.path().join("usage.db").display())
+            .parse()
+            .unwrap();
+    let pool = sqlx::SqlitePool::connect_with(opts.create_if_missing(true))
+        .await
+        .unwrap();
+    relay_usage::sink::sql::sqlite::migrate(&pool)
+        .await
+        .unwrap();
+    let store: Arc<dyn UsageRecordStore> =
+        Arc::new(relay_usage::sink::sql::sqlite::SqliteUsageStore::new(pool));
+    let now = h.clock_now();
+    let key = ApiKeyId::new();
+    store
+        .insert_batch(&[
+            event(
+                &ann_id,
+                &key,
+                "claude-haiku-4",
+                now - Duration::days(1),
+                10,
+                "0.01",
+            ),
+            event(&ann_id, &key, "claude-haiku-4", now, 20, "0.02"),
+        ])
+        .await
+        .unwrap();
+    let app = relay_server::api::router(
+        h.state
+            .clone()
+            .with_usage_report(Arc::new(RecordUsageReport(store.clone()))),
+    );
+    let rows = |body: Vec<u8>| serde_json::from_slice::<Value>(&body).unwrap();
+    let (_, body) = get(&app, "/api/user/usage", &ann).await;
+    assert_eq!(rows(body), json!([]), "not rolled up yet");
+    let job = UsageRollupJob::new(store.clone(), h.clock.clone());
+    let report = job.run().await.unwrap();
+    assert!(
+        report.errors.is_empty() && report.changed == 2,
+        "{report:?}"
+    );
+    let (_, body) = get(&app, "/api/user/usage", &ann).await;
+    let v = rows(body);
+    assert_eq!(v.as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(v[1]["cost"]["amount"], "0.02");
 }
