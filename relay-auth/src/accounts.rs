@@ -182,6 +182,7 @@ impl AccountService {
             source: UserSource::Local,
             email_verified_at: None,
             created_at: now,
+            display_name: None,
         };
         match self.store.insert_user(&user).await {
             Ok(()) => {
@@ -203,8 +204,15 @@ impl AccountService {
     }
 
     /// Confirm an email address with the token from the verification notice.
+    /// An email-change token (sent to the new address) is accepted here too: it moves the
+    /// account to the new address.
     pub async fn verify_email(&self, token: &str) -> Result<UserId, AuthError> {
-        let user = self.consume_token(token, TokenPurpose::VerifyEmail).await?;
+        let user = match self.consume_token(token, TokenPurpose::VerifyEmail).await {
+            Err(AuthError::Token(crate::error::TokenError::Unknown)) => {
+                return self.confirm_email_change(token).await;
+            }
+            other => other?,
+        };
         self.store
             .set_email_verified(&user, self.clock.now())
             .await?;
@@ -391,6 +399,7 @@ impl AccountService {
                 source: UserSource::Ldap,
                 email_verified_at: Some(now),
                 created_at: now,
+                display_name: None,
             };
             match self.store.insert_user(&user).await {
                 Ok(()) => return Ok(user),
@@ -490,6 +499,7 @@ impl AccountService {
             source: UserSource::Local,
             email_verified_at: Some(now),
             created_at: now,
+            display_name: None,
         };
         self.store.insert_user(&user).await?;
         Ok(user)
@@ -499,7 +509,7 @@ impl AccountService {
         let token = new_token("");
         let now = self.clock.now();
         let ttl = match purpose {
-            TokenPurpose::VerifyEmail => self.config.verification_ttl,
+            TokenPurpose::VerifyEmail | TokenPurpose::ChangeEmail => self.config.verification_ttl,
             TokenPurpose::ResetPassword => self.config.reset_ttl,
         };
         self.store

@@ -100,6 +100,14 @@ pub enum AuthError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A field of an account request is not acceptable (display name, new email, ...).
+    #[error("invalid {field}: {reason}")]
+    InvalidInput {
+        /// Which field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The LDAP directory failed or is misconfigured (not: wrong password).
     #[error("directory error: {0}")]
     Ldap(String),

@@ -38,6 +38,7 @@ pub mod ldap;
 pub mod model;
 pub mod notify;
 pub mod password;
+pub mod profile;
 pub mod role;
 pub mod secret;
 pub mod session;
@@ -50,12 +51,13 @@ pub mod totp;
 pub use accounts::{AccountConfig, AccountService, LoginRequest, Registered, ResetRequested};
 pub use email::{Email, EmailError};
 pub use error::{AuthError, TokenError};
+pub use keys::limits::{KeyLimits, LimitsError};
 pub use keys::{
     ApiKeyService, Invalidation, InvalidationBus, IssuedKey, KeyCache, KeyConfig, KeyRejection,
     NewKey, KEY_PREFIX,
 };
 pub use layer::{ApiFlavor, ApiKeyAuth, ApiKeyAuthLayer};
-pub use model::{ApiKeyRecord, StatusChange, User, UserSource};
+pub use model::{ApiKeyRecord, Purged, RiskFlag, StatusChange, User, UserFilter, UserSource};
 pub use notify::{MemoryOutbox, Notice, Notifier};
 pub use password::{Password, PasswordError, PasswordHasher, PasswordParams};
 pub use role::{Permission, Role};

@@ -7,6 +7,7 @@ use relay_core::{AccountStatus, ApiKeyId, KeyPolicy, UserId};
 use serde::{Deserialize, Serialize};
 
 use crate::email::Email;
+use crate::keys::limits::KeyLimits;
 use crate::role::Role;
 
 /// Where a user's password is checked.
@@ -59,6 +60,8 @@ pub struct User {
     pub email_verified_at: Option<DateTime<Utc>>,
     /// When the account was created.
     pub created_at: DateTime<Utc>,
+    /// Name shown in the product (optional, personal data: cleared on erasure).
+    pub display_name: Option<String>,
 }
 
 /// What a single-use token is for.
@@ -68,6 +71,9 @@ pub enum TokenPurpose {
     VerifyEmail,
     /// Sets a new password.
     ResetPassword,
+    /// Confirms a new email address of an existing account (the address changes only
+    /// when this is used).
+    ChangeEmail,
 }
 
 impl TokenPurpose {
@@ -76,6 +82,7 @@ impl TokenPurpose {
         match self {
             TokenPurpose::VerifyEmail => "verify_email",
             TokenPurpose::ResetPassword => "reset_password",
+            TokenPurpose::ChangeEmail => "change_email",
         }
     }
 }
@@ -169,6 +176,9 @@ pub struct ApiKeyRecord {
     pub revoked_at: Option<DateTime<Utc>>,
     /// When suspended because the owner's entitlement ended; cleared when one is applied.
     pub suspended_at: Option<DateTime<Utc>>,
+    /// The key's own narrowing of its plan (set by the owner). `policy` is the plan's
+    /// policy narrowed by these; kept apart so a plan change re-applies them.
+    pub own_limits: Option<KeyLimits>,
 }
 
 impl ApiKeyRecord {
@@ -192,4 +202,46 @@ pub struct KeyUse {
     pub first: DateTime<Utc>,
     /// The latest use in the batch.
     pub last: DateTime<Utc>,
+}
+
+/// What a purge removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    /// One-time tokens (used or expired) removed.
+    pub tokens: u64,
+    /// Sessions (ended or expired) removed.
+    pub sessions: u64,
+}
+
+/// A named risk flag an admin set on a user, with the reason (see the server's admin API
+/// for what flags do).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RiskFlag {
+    /// Name (`a-z 0-9 _ -`, 1 to 32 characters), e.g. `chargeback` or `block_new_keys`.
+    pub flag: String,
+    /// Why it was set.
+    pub reason: String,
+    /// Who set it.
+    pub actor: Option<UserId>,
+    /// When.
+    pub set_at: DateTime<Utc>,
+}
+
+/// Which users to list, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserFilter {
+    /// Email contains this (lower-case) text.
+    pub email_contains: Option<String>,
+    /// Only this status.
+    pub status: Option<AccountStatus>,
+    /// Only this role.
+    pub role: Option<Role>,
+    /// Only users with this risk flag.
+    pub flag: Option<String>,
+    /// Only users with (true) or without (false) any risk flag.
+    pub flagged: Option<bool>,
+    /// Only users created before this position (created_at, id): the cursor of a page.
+    pub before: Option<(DateTime<Utc>, UserId)>,
+    /// At most this many (the store caps it at 500).
+    pub limit: u32,
 }

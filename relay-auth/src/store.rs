@@ -11,8 +11,10 @@ use relay_core::{AccountStatus, ApiKeyId, KeyPolicy, UserId};
 
 use crate::email::Email;
 use crate::error::TokenError;
+use crate::keys::limits::KeyLimits;
 use crate::model::{
-    ApiKeyRecord, KeyUse, OneTimeToken, SessionRecord, StatusChange, TokenPurpose, TotpRecord, User,
+    ApiKeyRecord, KeyUse, OneTimeToken, RiskFlag, SessionRecord, StatusChange, TokenPurpose,
+    TotpRecord, User, UserFilter,
 };
 use crate::role::Role;
 
@@ -95,7 +97,53 @@ pub trait UserStore: Send + Sync + std::fmt::Debug + 'static {
     async fn use_totp_step(&self, id: &UserId, step: i64) -> Result<bool, StoreError>;
     /// Atomically use a recovery code. True at most once per code.
     async fn use_recovery_code(&self, id: &UserId, hash: &[u8; 32]) -> Result<bool, StoreError>;
+
+    /// Set (`None`: clear) the display name. False when the user does not exist.
+    async fn set_display_name(&self, id: &UserId, name: Option<&str>) -> Result<bool, StoreError>;
+    /// Store an email-change token (purpose [`TokenPurpose::ChangeEmail`]) together with
+    /// the address it confirms.
+    async fn insert_email_change(
+        &self,
+        token: &OneTimeToken,
+        new_email: &Email,
+    ) -> Result<(), StoreError>;
+    /// Atomically use an email-change token and move its user to the new address, verified
+    /// at `now`. [`StoreError::Conflict`] when the address was taken in the meantime
+    /// (nothing changes, the token stays unused).
+    async fn confirm_email_change(
+        &self,
+        hash: &[u8; 32],
+        now: DateTime<Utc>,
+    ) -> Result<Result<(UserId, Email), TokenError>, StoreError>;
+    /// Atomically erase a user's personal data: the email becomes `placeholder`, the
+    /// password hash, display name, TOTP state, recovery codes, tokens, pending email
+    /// changes, sessions, risk flags and key limit are removed, keys are revoked and lose
+    /// their names and tags, and the status becomes closed with a history entry (that
+    /// names no email). The user id stays, for the records the law makes us keep.
+    /// `None` when the user does not exist.
+    async fn erase_user(
+        &self,
+        id: &UserId,
+        placeholder: &Email,
+        actor: Option<&UserId>,
+        reason: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Option<StatusChange>, StoreError>;
+    /// Delete one-time tokens that were used or expired before `before` (and pending
+    /// email changes of deleted tokens). Returns how many tokens went.
+    async fn purge_tokens(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+    /// Users matching `filter`, newest first (created_at, then id, descending).
+    async fn list_users(&self, filter: &UserFilter) -> Result<Vec<User>, StoreError>;
+    /// Set (or replace) a risk flag. False when the user does not exist.
+    async fn set_risk_flag(&self, id: &UserId, flag: &RiskFlag) -> Result<bool, StoreError>;
+    /// Remove a risk flag. True when it was set.
+    async fn clear_risk_flag(&self, id: &UserId, flag: &str) -> Result<bool, StoreError>;
+    /// The user's risk flags, by name.
+    async fn risk_flags(&self, id: &UserId) -> Result<Vec<RiskFlag>, StoreError>;
 }
+
+/// The most users one [`UserStore::list_users`] call returns.
+pub const MAX_USER_PAGE: u32 = 500;
 
 /// Login sessions.
 #[async_trait]
@@ -113,6 +161,8 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
         keep: Option<&[u8; 32]>,
         at: DateTime<Utc>,
     ) -> Result<u64, StoreError>;
+    /// Delete sessions that ended (revoked or expired) before `before`. Returns how many.
+    async fn purge_sessions(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
 }
 
 /// API key records.
@@ -142,8 +192,9 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug + 'static {
     async fn keys_of_user(&self, user: &UserId) -> Result<Vec<ApiKeyRecord>, StoreError>;
     /// Revoke a key. True when it was not revoked before.
     async fn revoke_key(&self, id: &ApiKeyId, at: DateTime<Utc>) -> Result<bool, StoreError>;
-    /// Set the policy of every non-revoked key of `user` and clear their suspension.
-    /// Returns how many keys changed.
+    /// Set the policy of every non-revoked key of `user` to `policy` narrowed by the key's
+    /// own limits ([`KeyLimits::apply`]) and clear their suspension. Returns how many keys
+    /// changed.
     async fn apply_user_policy(&self, user: &UserId, policy: &KeyPolicy)
         -> Result<u64, StoreError>;
     /// Suspend every non-revoked key of `user` (keeps an earlier suspension time).
@@ -152,6 +203,14 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug + 'static {
     async fn set_key_limit(&self, user: &UserId, max_keys: u32) -> Result<(), StoreError>;
     /// The limit set for `user`, if any.
     async fn key_limit(&self, user: &UserId) -> Result<Option<u32>, StoreError>;
+    /// Set a non-revoked key's own limits (`None`: none) and its effective policy together.
+    /// False when the key is missing or revoked.
+    async fn set_key_limits(
+        &self,
+        id: &ApiKeyId,
+        limits: Option<&KeyLimits>,
+        policy: &KeyPolicy,
+    ) -> Result<bool, StoreError>;
     /// Record a batch of uses: `last_used_at` becomes the later of stored and given,
     /// `first_used_at` is set if it was empty.
     async fn record_key_uses(&self, uses: &[KeyUse]) -> Result<(), StoreError>;
@@ -204,7 +263,7 @@ pub(crate) mod sql {
     }
 
     pub(crate) const USER_COLS: &str =
-        "id, email, password_hash, role, status, source, email_verified_at, created_at";
+        "id, email, password_hash, role, status, source, email_verified_at, created_at, display_name";
     pub(crate) type UserRow = (
         String,
         String,
@@ -214,6 +273,7 @@ pub(crate) mod sql {
         String,
         Option<i64>,
         i64,
+        Option<String>,
     );
 
     pub(crate) fn decode_user(r: UserRow) -> Result<User, StoreError> {
@@ -226,6 +286,7 @@ pub(crate) mod sql {
             source: parse(&r.5, "source")?,
             email_verified_at: opt_time(r.6)?,
             created_at: time(r.7)?,
+            display_name: r.8,
         })
     }
 
@@ -260,7 +321,7 @@ pub(crate) mod sql {
     }
 
     pub(crate) const KEY_COLS: &str = "id, user_id, name, tags, policy, hash, hint, created_at, \
-        first_used_at, last_used_at, expires_at, revoked_at, suspended_at";
+        first_used_at, last_used_at, expires_at, revoked_at, suspended_at, own_limits";
     pub(crate) type KeyRow = (
         String,
         String,
@@ -275,6 +336,7 @@ pub(crate) mod sql {
         Option<i64>,
         Option<i64>,
         Option<i64>,
+        Option<String>,
     );
 
     pub(crate) fn decode_key(r: KeyRow) -> Result<ApiKeyRecord, StoreError> {
@@ -294,16 +356,45 @@ pub(crate) mod sql {
             expires_at: opt_time(r.10)?,
             revoked_at: opt_time(r.11)?,
             suspended_at: opt_time(r.12)?,
+            own_limits: r
+                .13
+                .map(|j| serde_json::from_str(&j))
+                .transpose()
+                .map_err(|e| StoreError::Corrupt(format!("key limits: {e}")))?,
         })
     }
 
-    /// Tags and policy as stored (JSON text).
-    pub(crate) fn encode_key(key: &ApiKeyRecord) -> Result<(String, String), StoreError> {
+    /// Tags, policy and own limits as stored (JSON text).
+    pub(crate) fn encode_key(
+        key: &ApiKeyRecord,
+    ) -> Result<(String, String, Option<String>), StoreError> {
         let tags = serde_json::to_string(&key.tags)
             .map_err(|e| StoreError::Corrupt(format!("key tags: {e}")))?;
         let policy = serde_json::to_string(&key.policy)
             .map_err(|e| StoreError::Corrupt(format!("key policy: {e}")))?;
-        Ok((tags, policy))
+        Ok((tags, policy, encode_limits(key.own_limits.as_ref())?))
+    }
+
+    /// Own limits as stored (JSON text, or NULL).
+    pub(crate) fn encode_limits(
+        limits: Option<&crate::keys::limits::KeyLimits>,
+    ) -> Result<Option<String>, StoreError> {
+        limits
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("key limits: {e}")))
+    }
+
+    pub(crate) const FLAG_COLS: &str = "flag, reason, actor, set_at";
+    pub(crate) type FlagRow = (String, String, Option<String>, i64);
+
+    pub(crate) fn decode_flag(r: FlagRow) -> Result<crate::model::RiskFlag, StoreError> {
+        Ok(crate::model::RiskFlag {
+            flag: r.0,
+            reason: r.1,
+            actor: r.2.map(|a| parse(&a, "actor")).transpose()?,
+            set_at: time(r.3)?,
+        })
     }
 
     #[allow(clippy::needless_pass_by_value)] // shaped for map_err

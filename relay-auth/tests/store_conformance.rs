@@ -90,4 +90,10 @@ conformance!(
     keys_limit_rotate_revoke_and_uses,
     concurrent_key_inserts_respect_the_limit,
     key_limits,
+    erase_removes_personal_data,
+    email_change_is_confirmed_once,
+    purge_removes_only_what_ended_before,
+    list_users_filters_and_pages,
+    risk_flags_set_and_clear,
+    key_limits_survive_policy_application,
 );

@@ -355,6 +355,18 @@ impl Gateway {
                         Duration::from_secs(60),
                     )
                 })
+                .and_then(|s| {
+                    let job = crate::jobs::AuthPurgeJob::new(
+                        Arc::clone(&accounts),
+                        chrono::Duration::days(7),
+                    );
+                    s.with_job(Arc::new(job), Duration::from_secs(3600))
+                })
+                .and_then(|s| {
+                    let job =
+                        crate::jobs::UsageRollupJob::new(db.usage_store(), Arc::clone(&clock));
+                    s.with_job(Arc::new(job), Duration::from_secs(300))
+                })
                 .map_err(|e| ServerError::Startup(format!("jobs: {e}")))?,
         );
         let webhook_events = db.webhook_events();
@@ -377,6 +389,9 @@ impl Gateway {
         )
         .with_provider(Arc::new(relay_payments::manual::ManualProvider::new(
             Arc::clone(&clock),
+        )))
+        .with_usage_report(Arc::new(crate::api::usage_report::RecordUsageReport(
+            db.usage_store(),
         )));
         if let Some(stripe) = &config.stripe {
             let mut sc = relay_payments::stripe::StripeConfig::new(

@@ -77,6 +77,15 @@ async fn users_cannot_touch_each_others_records(backend: Backend) {
         )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = h
+        .call(
+            "PATCH",
+            &format!("/api/user/keys/{key_id}"),
+            Some(&bob),
+            Some(json!({"limits": {"concurrency": 1}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "Bob cannot narrow Ann's key");
     for path in [
         "/api/user/orders",
         "/api/user/invoices",
@@ -98,7 +107,7 @@ async fn users_cannot_touch_each_others_records(backend: Backend) {
         .await;
     assert_eq!(
         String::from_utf8(csv.2).unwrap(),
-        "day,model,requests,cost,charged,currency\n"
+        "day,model,requests,input_tokens,output_tokens,cache_write_5m_tokens,cache_write_1h_tokens,cache_read_tokens,cost,charged,currency\n"
     );
     let export = h.ok("GET", "/api/user/export", Some(&bob), None).await;
     for part in ["keys", "orders", "invoices", "ledger", "usage"] {
@@ -128,7 +137,7 @@ async fn users_cannot_touch_each_others_records(backend: Backend) {
         .await;
     assert_eq!(headers["content-type"], "text/csv; charset=utf-8");
     let csv = String::from_utf8(csv).unwrap();
-    assert!(csv.contains(",\"*\",1,1.25,"), "{csv}");
+    assert!(csv.contains(",\"*\",1,,,,,,1.25,"), "{csv}");
     // Ann can revoke her own key; then it is gone for rotation too.
     h.ok(
         "DELETE",

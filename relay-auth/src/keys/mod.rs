@@ -13,6 +13,7 @@
 //! loads the key before then may start the clock up to one flush interval later.
 
 mod cache;
+pub mod limits;
 #[cfg(feature = "redis")]
 pub mod redis_bus;
 mod uses;
@@ -32,6 +33,7 @@ pub use cache::{Invalidation, KeyCache};
 use uses::UseBuffer;
 
 use crate::error::AuthError;
+use crate::keys::limits::KeyLimits;
 use crate::model::ApiKeyRecord;
 use crate::secret::{b64, random_bytes, KeyHasher};
 use crate::store::{AuthStore, StoreError};
@@ -288,6 +290,7 @@ impl ApiKeyService {
             expires_at: None,
             revoked_at: None,
             suspended_at: None,
+            own_limits: None,
         };
         (key, record)
     }
@@ -308,7 +311,7 @@ impl ApiKeyService {
         if old.revoked_at.is_some() {
             return Err(AuthError::NotFound("API key"));
         }
-        let (key, record) = self.new_record(
+        let (key, mut record) = self.new_record(
             &old.user_id,
             NewKey {
                 name: old.name.clone(),
@@ -316,6 +319,8 @@ impl ApiKeyService {
                 policy: old.policy.clone(),
             },
         );
+        // The replacement keeps the owner's narrowing, so the next plan change re-applies it.
+        record.own_limits = old.own_limits.clone();
         let grace_end = record.created_at
             + grace
                 .unwrap_or(self.config.rotation_grace)
@@ -325,6 +330,42 @@ impl ApiKeyService {
         }
         self.invalidate(&Invalidation::Key(old.hash));
         Ok(IssuedKey { key, record })
+    }
+
+    /// Set key `id`'s own limits within `plan` (the owner's plan policy; `None` or empty
+    /// limits: the plan's policy as it is). The effective policy becomes `plan` narrowed
+    /// by the limits, and later plan changes keep the narrowing (see [`KeyLimits`]).
+    pub async fn set_limits(
+        &self,
+        id: &ApiKeyId,
+        limits: Option<KeyLimits>,
+        plan: &KeyPolicy,
+    ) -> Result<ApiKeyRecord, AuthError> {
+        let limits = limits.filter(|l| !l.is_empty());
+        if let Some(l) = &limits {
+            l.check_within(plan).map_err(|e| AuthError::InvalidInput {
+                field: "limits",
+                reason: e.to_string(),
+            })?;
+        }
+        let policy = limits
+            .as_ref()
+            .map_or_else(|| plan.clone(), |l| l.apply(plan));
+        policy.validate()?;
+        if !self
+            .store
+            .set_key_limits(id, limits.as_ref(), &policy)
+            .await?
+        {
+            return Err(AuthError::NotFound("API key"));
+        }
+        let key = self
+            .store
+            .key_by_id(id)
+            .await?
+            .ok_or(AuthError::NotFound("API key"))?;
+        self.invalidate(&Invalidation::Key(key.hash));
+        Ok(key)
     }
 
     /// Revoke key `id` (immediately, on every instance). False when already revoked.

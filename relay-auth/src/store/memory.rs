@@ -2,18 +2,20 @@
 //! trivially atomic. For tests, examples and the embedded quick start; the gateway's hot
 //! path reads keys from the key cache, not from here.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
-use relay_core::{ApiKeyId, KeyPolicy, UserId};
+use relay_core::{AccountStatus, ApiKeyId, KeyPolicy, UserId};
 
-use super::{KeyStore, SessionStore, StoreError, UserStore};
+use super::{KeyStore, SessionStore, StoreError, UserStore, MAX_USER_PAGE};
 use crate::email::Email;
 use crate::error::TokenError;
+use crate::keys::limits::KeyLimits;
 use crate::model::{
-    ApiKeyRecord, KeyUse, OneTimeToken, SessionRecord, StatusChange, TokenPurpose, TotpRecord, User,
+    ApiKeyRecord, KeyUse, OneTimeToken, RiskFlag, SessionRecord, StatusChange, TokenPurpose,
+    TotpRecord, User, UserFilter,
 };
 use crate::role::Role;
 
@@ -29,6 +31,8 @@ struct State {
     keys: HashMap<ApiKeyId, ApiKeyRecord>,
     key_by_hash: HashMap<[u8; 32], ApiKeyId>,
     key_limits: HashMap<UserId, u32>,
+    email_changes: HashMap<[u8; 32], Email>,
+    risk_flags: HashMap<UserId, BTreeMap<String, RiskFlag>>,
 }
 
 /// Every auth store in memory.
@@ -214,6 +218,206 @@ impl UserStore for MemoryStore {
             .get_mut(id)
             .is_some_and(|codes| codes.remove(hash)))
     }
+
+    async fn set_display_name(&self, id: &UserId, name: Option<&str>) -> Result<bool, StoreError> {
+        Ok(self
+            .state
+            .lock()
+            .users
+            .get_mut(id)
+            .map(|u| u.display_name = name.map(str::to_owned))
+            .is_some())
+    }
+
+    async fn insert_email_change(
+        &self,
+        token: &OneTimeToken,
+        new_email: &Email,
+    ) -> Result<(), StoreError> {
+        let mut s = self.state.lock();
+        if s.tokens.contains_key(&token.hash) {
+            return Err(StoreError::Conflict("token"));
+        }
+        s.tokens.insert(token.hash, (token.clone(), None));
+        s.email_changes.insert(token.hash, new_email.clone());
+        Ok(())
+    }
+
+    async fn confirm_email_change(
+        &self,
+        hash: &[u8; 32],
+        now: DateTime<Utc>,
+    ) -> Result<Result<(UserId, Email), TokenError>, StoreError> {
+        let mut s = self.state.lock();
+        let Some((token, used)) = s
+            .tokens
+            .get(hash)
+            .filter(|(t, _)| t.purpose == TokenPurpose::ChangeEmail)
+        else {
+            return Ok(Err(TokenError::Unknown));
+        };
+        if used.is_some() {
+            return Ok(Err(TokenError::AlreadyUsed));
+        }
+        if token.expires_at <= now {
+            return Ok(Err(TokenError::Expired));
+        }
+        let user = token.user_id.clone();
+        let email = s
+            .email_changes
+            .get(hash)
+            .cloned()
+            .ok_or_else(|| StoreError::Corrupt("email change without an address".into()))?;
+        if s.by_email.get(&email).is_some_and(|owner| owner != &user) {
+            return Err(StoreError::Conflict("email"));
+        }
+        let Some(u) = s.users.get_mut(&user) else {
+            return Ok(Err(TokenError::Unknown));
+        };
+        let old = std::mem::replace(&mut u.email, email.clone());
+        u.email_verified_at = Some(now);
+        s.by_email.remove(&old);
+        s.by_email.insert(email.clone(), user.clone());
+        s.email_changes.remove(hash);
+        if let Some((_, used)) = s.tokens.get_mut(hash) {
+            *used = Some(now);
+        }
+        Ok(Ok((user, email)))
+    }
+
+    async fn erase_user(
+        &self,
+        id: &UserId,
+        placeholder: &Email,
+        actor: Option<&UserId>,
+        reason: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Option<StatusChange>, StoreError> {
+        let mut guard = self.state.lock();
+        let s = &mut *guard;
+        let Some(u) = s.users.get_mut(id) else {
+            return Ok(None);
+        };
+        let change = StatusChange {
+            user_id: id.clone(),
+            from: u.status,
+            to: AccountStatus::Closed,
+            actor: actor.cloned(),
+            reason: reason.to_owned(),
+            at,
+        };
+        let old = std::mem::replace(&mut u.email, placeholder.clone());
+        u.password_hash = None;
+        u.display_name = None;
+        u.status = AccountStatus::Closed;
+        s.by_email.remove(&old);
+        s.by_email.insert(placeholder.clone(), id.clone());
+        s.totp.remove(id);
+        s.recovery.remove(id);
+        let gone: Vec<[u8; 32]> = s
+            .tokens
+            .iter()
+            .filter(|(_, (t, _))| &t.user_id == id)
+            .map(|(h, _)| *h)
+            .collect();
+        for h in gone {
+            s.tokens.remove(&h);
+            s.email_changes.remove(&h);
+        }
+        s.sessions.retain(|_, sess| &sess.user_id != id);
+        s.risk_flags.remove(id);
+        s.key_limits.remove(id);
+        for k in s.keys.values_mut().filter(|k| &k.user_id == id) {
+            k.revoked_at.get_or_insert(at);
+            k.name = "erased".into();
+            k.tags.clear();
+        }
+        s.history.push(change.clone());
+        Ok(Some(change))
+    }
+
+    async fn purge_tokens(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut guard = self.state.lock();
+        let s = &mut *guard;
+        let gone: Vec<[u8; 32]> = s
+            .tokens
+            .iter()
+            .filter(|(_, (t, used))| used.is_some_and(|u| u < before) || t.expires_at < before)
+            .map(|(h, _)| *h)
+            .collect();
+        for h in &gone {
+            s.tokens.remove(h);
+            s.email_changes.remove(h);
+        }
+        Ok(gone.len() as u64)
+    }
+
+    async fn list_users(&self, f: &UserFilter) -> Result<Vec<User>, StoreError> {
+        let s = self.state.lock();
+        let needle = f.email_contains.as_ref().map(|e| e.to_lowercase());
+        let mut users: Vec<User> = s
+            .users
+            .values()
+            .filter(|u| {
+                needle
+                    .as_ref()
+                    .is_none_or(|n| u.email.as_str().contains(n.as_str()))
+            })
+            .filter(|u| f.status.is_none_or(|st| u.status == st))
+            .filter(|u| f.role.is_none_or(|r| u.role == r))
+            .filter(|u| {
+                let flags = s.risk_flags.get(&u.id).filter(|m| !m.is_empty());
+                f.flag
+                    .as_ref()
+                    .is_none_or(|name| flags.is_some_and(|m| m.contains_key(name)))
+                    && f.flagged.is_none_or(|want| flags.is_some() == want)
+            })
+            .filter(|u| {
+                f.before.as_ref().is_none_or(|(at, id)| {
+                    u.created_at < *at || (u.created_at == *at && u.id.as_str() < id.as_str())
+                })
+            })
+            .cloned()
+            .collect();
+        users.sort_by(|a, b| {
+            b.created_at
+                .cmp(&a.created_at)
+                .then_with(|| b.id.as_str().cmp(a.id.as_str()))
+        });
+        users.truncate(usize::try_from(f.limit.clamp(1, MAX_USER_PAGE)).unwrap_or(1));
+        Ok(users)
+    }
+
+    async fn set_risk_flag(&self, id: &UserId, flag: &RiskFlag) -> Result<bool, StoreError> {
+        let mut s = self.state.lock();
+        if !s.users.contains_key(id) {
+            return Ok(false);
+        }
+        s.risk_flags
+            .entry(id.clone())
+            .or_default()
+            .insert(flag.flag.clone(), flag.clone());
+        Ok(true)
+    }
+
+    async fn clear_risk_flag(&self, id: &UserId, flag: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .state
+            .lock()
+            .risk_flags
+            .get_mut(id)
+            .is_some_and(|m| m.remove(flag).is_some()))
+    }
+
+    async fn risk_flags(&self, id: &UserId) -> Result<Vec<RiskFlag>, StoreError> {
+        Ok(self
+            .state
+            .lock()
+            .risk_flags
+            .get(id)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default())
+    }
 }
 
 #[async_trait]
@@ -257,6 +461,15 @@ impl SessionStore for MemoryStore {
             }
         }
         Ok(n)
+    }
+
+    async fn purge_sessions(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut s = self.state.lock();
+        let n = s.sessions.len();
+        s.sessions.retain(|_, sess| {
+            !(sess.revoked_at.is_some_and(|r| r < before) || sess.expires_at < before)
+        });
+        Ok((n - s.sessions.len()) as u64)
     }
 }
 
@@ -358,7 +571,10 @@ impl KeyStore for MemoryStore {
         let mut n = 0;
         for k in s.keys.values_mut() {
             if &k.user_id == user && k.revoked_at.is_none() {
-                k.policy = policy.clone();
+                k.policy = k
+                    .own_limits
+                    .as_ref()
+                    .map_or_else(|| policy.clone(), |l| l.apply(policy));
                 k.suspended_at = None;
                 n += 1;
             }
@@ -385,6 +601,23 @@ impl KeyStore for MemoryStore {
 
     async fn key_limit(&self, user: &UserId) -> Result<Option<u32>, StoreError> {
         Ok(self.state.lock().key_limits.get(user).copied())
+    }
+
+    async fn set_key_limits(
+        &self,
+        id: &ApiKeyId,
+        limits: Option<&KeyLimits>,
+        policy: &KeyPolicy,
+    ) -> Result<bool, StoreError> {
+        let mut s = self.state.lock();
+        match s.keys.get_mut(id) {
+            Some(k) if k.revoked_at.is_none() => {
+                k.own_limits = limits.cloned();
+                k.policy = policy.clone();
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     async fn record_key_uses(&self, uses: &[KeyUse]) -> Result<(), StoreError> {

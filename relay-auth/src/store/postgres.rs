@@ -11,6 +11,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         2,
         include_str!("../../migrations/postgres/0002_key_limits.sql"),
     ),
+    (
+        3,
+        include_str!("../../migrations/postgres/0003_profile_erasure_limits.sql"),
+    ),
 ];
 
 /// Apply relay-auth's migrations to `pool` (idempotent; the server calls it at start-up).

@@ -12,22 +12,23 @@ macro_rules! sql_store {
 
         use crate::email::Email;
         use crate::error::TokenError;
+        use crate::keys::limits::KeyLimits;
         use crate::model::{
-            ApiKeyRecord, KeyUse, OneTimeToken, SessionRecord, StatusChange, TokenPurpose,
-            TotpRecord, User,
+            ApiKeyRecord, KeyUse, OneTimeToken, RiskFlag, SessionRecord, StatusChange,
+            TokenPurpose, TotpRecord, User, UserFilter,
         };
         use crate::role::Role;
         use crate::store::sql::{
-            backend, decode_change, decode_key, decode_session, decode_user, ms, opt_ms,
-            opt_time, encode_key, ChangeRow, KeyRow, SessionRow, UserRow, CHANGE_COLS, KEY_COLS,
-            SESSION_COLS, USER_COLS,
+            backend, decode_change, decode_flag, decode_key, decode_session, decode_user,
+            encode_key, encode_limits, ms, opt_ms, opt_time, ChangeRow, FlagRow, KeyRow,
+            SessionRow, UserRow, CHANGE_COLS, FLAG_COLS, KEY_COLS, SESSION_COLS, USER_COLS,
         };
-        use crate::store::{KeyStore, SessionStore, StoreError, UserStore};
+        use crate::store::{KeyStore, SessionStore, StoreError, UserStore, MAX_USER_PAGE};
 
         #[async_trait]
         impl UserStore for $store {
             async fn insert_user(&self, user: &User) -> Result<(), StoreError> {
-                let sql = q("INSERT INTO auth_users (id, email, password_hash, role, status, source, email_verified_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)");
+                let sql = q("INSERT INTO auth_users (id, email, password_hash, role, status, source, email_verified_at, created_at, display_name) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)");
                 sqlx::query(&sql)
                     .bind(user.id.as_str())
                     .bind(user.email.as_str())
@@ -37,6 +38,7 @@ macro_rules! sql_store {
                     .bind(user.source.as_str())
                     .bind(opt_ms(user.email_verified_at))
                     .bind(ms(user.created_at))
+                    .bind(user.display_name.as_deref())
                     .execute(&self.pool)
                     .await
                     .map_err(|e| match backend(e) {
@@ -222,6 +224,231 @@ macro_rules! sql_store {
                 let r = sqlx::query(&sql).bind(id.as_str()).bind(&hash[..]).execute(&self.pool).await.map_err(backend)?;
                 Ok(r.rows_affected() > 0)
             }
+
+            async fn set_display_name(&self, id: &UserId, name: Option<&str>) -> Result<bool, StoreError> {
+                let sql = q("UPDATE auth_users SET display_name = $1 WHERE id = $2");
+                let r = sqlx::query(&sql).bind(name).bind(id.as_str()).execute(&self.pool).await.map_err(backend)?;
+                Ok(r.rows_affected() > 0)
+            }
+
+            async fn insert_email_change(&self, token: &OneTimeToken, new_email: &Email) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await.map_err(backend)?;
+                let sql = q("INSERT INTO auth_tokens (hash, user_id, purpose, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)");
+                sqlx::query(&sql)
+                    .bind(&token.hash[..])
+                    .bind(token.user_id.as_str())
+                    .bind(token.purpose.as_str())
+                    .bind(ms(token.created_at))
+                    .bind(ms(token.expires_at))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                let sql = q("INSERT INTO auth_email_changes (token_hash, user_id, new_email) VALUES ($1, $2, $3)");
+                sqlx::query(&sql)
+                    .bind(&token.hash[..])
+                    .bind(token.user_id.as_str())
+                    .bind(new_email.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                tx.commit().await.map_err(backend)?;
+                Ok(())
+            }
+
+            async fn confirm_email_change(
+                &self,
+                hash: &[u8; 32],
+                now: DateTime<Utc>,
+            ) -> Result<Result<(UserId, Email), TokenError>, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(backend)?;
+                let sql = q("UPDATE auth_tokens SET used_at = $1 WHERE hash = $2 AND purpose = $3 AND used_at IS NULL AND expires_at > $1 RETURNING user_id");
+                let won: Option<(String,)> = sqlx::query_as(&sql)
+                    .bind(ms(now))
+                    .bind(&hash[..])
+                    .bind(TokenPurpose::ChangeEmail.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                let Some((user,)) = won else {
+                    let sql = q("SELECT used_at FROM auth_tokens WHERE hash = $1 AND purpose = $2");
+                    let why: Option<(Option<i64>,)> = sqlx::query_as(&sql)
+                        .bind(&hash[..])
+                        .bind(TokenPurpose::ChangeEmail.as_str())
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                    return Ok(Err(match why {
+                        None => TokenError::Unknown,
+                        Some((Some(_),)) => TokenError::AlreadyUsed,
+                        Some((None,)) => TokenError::Expired,
+                    }));
+                };
+                let sql = q("SELECT new_email FROM auth_email_changes WHERE token_hash = $1");
+                let row: Option<(String,)> = sqlx::query_as(&sql).bind(&hash[..]).fetch_optional(&mut *tx).await.map_err(backend)?;
+                let Some((email,)) = row else {
+                    return Err(StoreError::Corrupt("email change without an address".into()));
+                };
+                let email: Email = crate::store::sql::parse(&email, "email")?;
+                let sql = q("UPDATE auth_users SET email = $1, email_verified_at = $2 WHERE id = $3");
+                sqlx::query(&sql)
+                    .bind(email.as_str())
+                    .bind(ms(now))
+                    .bind(user.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| match backend(e) {
+                        StoreError::Conflict(_) => StoreError::Conflict("email"),
+                        other => other,
+                    })?;
+                let sql = q("DELETE FROM auth_email_changes WHERE token_hash = $1");
+                sqlx::query(&sql).bind(&hash[..]).execute(&mut *tx).await.map_err(backend)?;
+                tx.commit().await.map_err(backend)?;
+                Ok(Ok((crate::store::sql::parse(&user, "user id")?, email)))
+            }
+
+            async fn erase_user(
+                &self,
+                id: &UserId,
+                placeholder: &Email,
+                actor: Option<&UserId>,
+                reason: &str,
+                at: DateTime<Utc>,
+            ) -> Result<Option<StatusChange>, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(backend)?;
+                let sql = q("SELECT status FROM auth_users WHERE id = $1");
+                let row: Option<(String,)> = sqlx::query_as(&sql).bind(id.as_str()).fetch_optional(&mut *tx).await.map_err(backend)?;
+                let Some((from,)) = row else { return Ok(None) };
+                let change = StatusChange {
+                    user_id: id.clone(),
+                    from: crate::store::sql::parse(&from, "status")?,
+                    to: relay_core::AccountStatus::Closed,
+                    actor: actor.cloned(),
+                    reason: reason.to_owned(),
+                    at,
+                };
+                let sql = q("UPDATE auth_users SET email = $1, password_hash = NULL, display_name = NULL, status = $2 WHERE id = $3");
+                sqlx::query(&sql)
+                    .bind(placeholder.as_str())
+                    .bind(change.to.as_str())
+                    .bind(id.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                for sql in [
+                    "DELETE FROM auth_totp WHERE user_id = $1",
+                    "DELETE FROM auth_recovery_codes WHERE user_id = $1",
+                    "DELETE FROM auth_tokens WHERE user_id = $1",
+                    "DELETE FROM auth_email_changes WHERE user_id = $1",
+                    "DELETE FROM auth_sessions WHERE user_id = $1",
+                    "DELETE FROM auth_risk_flags WHERE user_id = $1",
+                    "DELETE FROM auth_key_limits WHERE user_id = $1",
+                ] {
+                    sqlx::query(&q(sql)).bind(id.as_str()).execute(&mut *tx).await.map_err(backend)?;
+                }
+                let sql = q("UPDATE auth_api_keys SET revoked_at = COALESCE(revoked_at, $1), name = 'erased', tags = '[]' WHERE user_id = $2");
+                sqlx::query(&sql).bind(ms(at)).bind(id.as_str()).execute(&mut *tx).await.map_err(backend)?;
+                let sql = q("INSERT INTO auth_status_changes (user_id, from_status, to_status, actor, reason, at) VALUES ($1, $2, $3, $4, $5, $6)");
+                sqlx::query(&sql)
+                    .bind(id.as_str())
+                    .bind(change.from.as_str())
+                    .bind(change.to.as_str())
+                    .bind(change.actor.as_ref().map(|a| a.as_str()))
+                    .bind(change.reason.as_str())
+                    .bind(ms(at))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                tx.commit().await.map_err(backend)?;
+                Ok(Some(change))
+            }
+
+            async fn purge_tokens(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(backend)?;
+                let sql = q("DELETE FROM auth_email_changes WHERE token_hash IN (SELECT hash FROM auth_tokens WHERE used_at < $1 OR expires_at < $1)");
+                sqlx::query(&sql).bind(ms(before)).execute(&mut *tx).await.map_err(backend)?;
+                let sql = q("DELETE FROM auth_tokens WHERE used_at < $1 OR expires_at < $1");
+                let r = sqlx::query(&sql).bind(ms(before)).execute(&mut *tx).await.map_err(backend)?;
+                tx.commit().await.map_err(backend)?;
+                Ok(r.rows_affected())
+            }
+
+            async fn list_users(&self, f: &UserFilter) -> Result<Vec<User>, StoreError> {
+                // Clauses and their values in placeholder order.
+                let mut clauses: Vec<String> = Vec::new();
+                let mut texts: Vec<String> = Vec::new();
+                let next = |clauses: &mut Vec<String>, texts: &mut Vec<String>, clause: &str, value: String| {
+                    texts.push(value);
+                    clauses.push(clause.replace('#', &format!("${}", texts.len())));
+                };
+                if let Some(e) = &f.email_contains {
+                    let escaped = e.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+                    next(&mut clauses, &mut texts, "email LIKE # ESCAPE '\\'", format!("%{escaped}%"));
+                }
+                if let Some(s) = f.status {
+                    next(&mut clauses, &mut texts, "status = #", s.as_str().to_owned());
+                }
+                if let Some(r) = f.role {
+                    next(&mut clauses, &mut texts, "role = #", r.as_str().to_owned());
+                }
+                if let Some(flag) = &f.flag {
+                    next(&mut clauses, &mut texts, "EXISTS (SELECT 1 FROM auth_risk_flags rf WHERE rf.user_id = auth_users.id AND rf.flag = #)", flag.clone());
+                }
+                match f.flagged {
+                    Some(true) => clauses.push("EXISTS (SELECT 1 FROM auth_risk_flags rf WHERE rf.user_id = auth_users.id)".into()),
+                    Some(false) => clauses.push("NOT EXISTS (SELECT 1 FROM auth_risk_flags rf WHERE rf.user_id = auth_users.id)".into()),
+                    None => {}
+                }
+                let mut cursor_at = None;
+                if let Some((at, id)) = &f.before {
+                    next(&mut clauses, &mut texts, "(created_at < #X OR (created_at = #X AND id < #))", id.as_str().to_owned());
+                    cursor_at = Some(ms(*at));
+                }
+                let n = texts.len();
+                let mut sql = format!("SELECT {USER_COLS} FROM auth_users");
+                if !clauses.is_empty() {
+                    sql.push_str(" WHERE ");
+                    sql.push_str(&clauses.join(" AND "));
+                }
+                // `#X` is the cursor's time, bound after the text values.
+                let sql = sql.replace(&format!("${n}X"), &format!("${}", n + 1));
+                let sql = format!("{sql} ORDER BY created_at DESC, id DESC LIMIT {}", f.limit.clamp(1, MAX_USER_PAGE));
+                let sql = q(&sql);
+                let mut query = sqlx::query_as::<_, UserRow>(&sql);
+                for t in &texts {
+                    query = query.bind(t.as_str());
+                }
+                if let Some(at) = cursor_at {
+                    query = query.bind(at);
+                }
+                let rows = query.fetch_all(&self.pool).await.map_err(backend)?;
+                rows.into_iter().map(decode_user).collect()
+            }
+
+            async fn set_risk_flag(&self, id: &UserId, flag: &RiskFlag) -> Result<bool, StoreError> {
+                let sql = q("INSERT INTO auth_risk_flags (user_id, flag, reason, actor, set_at) SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM auth_users WHERE id = $1) ON CONFLICT (user_id, flag) DO UPDATE SET reason = excluded.reason, actor = excluded.actor, set_at = excluded.set_at");
+                let r = sqlx::query(&sql)
+                    .bind(id.as_str())
+                    .bind(flag.flag.as_str())
+                    .bind(flag.reason.as_str())
+                    .bind(flag.actor.as_ref().map(|a| a.as_str()))
+                    .bind(ms(flag.set_at))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(backend)?;
+                Ok(r.rows_affected() > 0)
+            }
+
+            async fn clear_risk_flag(&self, id: &UserId, flag: &str) -> Result<bool, StoreError> {
+                let sql = q("DELETE FROM auth_risk_flags WHERE user_id = $1 AND flag = $2");
+                let r = sqlx::query(&sql).bind(id.as_str()).bind(flag).execute(&self.pool).await.map_err(backend)?;
+                Ok(r.rows_affected() > 0)
+            }
+
+            async fn risk_flags(&self, id: &UserId) -> Result<Vec<RiskFlag>, StoreError> {
+                let sql = q(&format!("SELECT {FLAG_COLS} FROM auth_risk_flags WHERE user_id = $1 ORDER BY flag"));
+                let rows: Vec<FlagRow> = sqlx::query_as(&sql).bind(id.as_str()).fetch_all(&self.pool).await.map_err(backend)?;
+                rows.into_iter().map(decode_flag).collect()
+            }
         }
 
         #[async_trait]
@@ -265,6 +492,12 @@ macro_rules! sql_store {
                 let r = sqlx::query(&sql).bind(ms(at)).bind(user.as_str()).bind(keep).execute(&self.pool).await.map_err(backend)?;
                 Ok(r.rows_affected())
             }
+
+            async fn purge_sessions(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+                let sql = q("DELETE FROM auth_sessions WHERE revoked_at < $1 OR expires_at < $1");
+                let r = sqlx::query(&sql).bind(ms(before)).execute(&self.pool).await.map_err(backend)?;
+                Ok(r.rows_affected())
+            }
         }
 
         #[async_trait]
@@ -272,7 +505,7 @@ macro_rules! sql_store {
             async fn insert_key(&self, key: &ApiKeyRecord, limit: u32, now: DateTime<Utc>) -> Result<(), StoreError> {
                 let mut tx = self.pool.begin().await.map_err(backend)?;
                 Self::lock_user(&mut tx, &key.user_id).await?;
-                let sql = q(&format!("INSERT INTO auth_api_keys ({KEY_COLS}) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 WHERE (SELECT COUNT(*) FROM auth_api_keys WHERE user_id = $2 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $14)) < $15"));
+                let sql = q(&format!("INSERT INTO auth_api_keys ({KEY_COLS}) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14 WHERE (SELECT COUNT(*) FROM auth_api_keys WHERE user_id = $2 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $15)) < $16"));
                 let r = bind_key(sqlx::query(&sql), key, encode_key(key)?)
                     .bind(ms(now))
                     .bind(i64::from(limit))
@@ -293,7 +526,7 @@ macro_rules! sql_store {
                 if r.rows_affected() == 0 {
                     return Ok(false);
                 }
-                let sql = q(&format!("INSERT INTO auth_api_keys ({KEY_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"));
+                let sql = q(&format!("INSERT INTO auth_api_keys ({KEY_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"));
                 bind_key(sqlx::query(&sql), new, encode_key(new)?).execute(&mut *tx).await.map_err(backend)?;
                 tx.commit().await.map_err(backend)?;
                 Ok(true)
@@ -324,10 +557,30 @@ macro_rules! sql_store {
             }
 
             async fn apply_user_policy(&self, user: &UserId, policy: &KeyPolicy) -> Result<u64, StoreError> {
+                let encode = |p: &KeyPolicy| serde_json::to_string(p).map_err(|e| StoreError::Corrupt(e.to_string()));
+                let mut tx = self.pool.begin().await.map_err(backend)?;
+                // Keys without limits of their own take the plan's policy as it is ...
+                let sql = q("UPDATE auth_api_keys SET policy = $1, suspended_at = NULL WHERE user_id = $2 AND revoked_at IS NULL AND own_limits IS NULL");
+                let r = sqlx::query(&sql).bind(encode(policy)?).bind(user.as_str()).execute(&mut *tx).await.map_err(backend)?;
+                let mut n = r.rows_affected();
+                // ... the others keep their narrowing, re-applied to the new policy.
+                let sql = q("SELECT id, own_limits FROM auth_api_keys WHERE user_id = $1 AND revoked_at IS NULL AND own_limits IS NOT NULL");
+                let rows: Vec<(String, String)> = sqlx::query_as(&sql).bind(user.as_str()).fetch_all(&mut *tx).await.map_err(backend)?;
+                let sql = q("UPDATE auth_api_keys SET policy = $1, suspended_at = NULL WHERE id = $2");
+                for (id, limits) in rows {
+                    let limits: KeyLimits = serde_json::from_str(&limits).map_err(|e| StoreError::Corrupt(format!("key limits: {e}")))?;
+                    let r = sqlx::query(&sql).bind(encode(&limits.apply(policy))?).bind(id).execute(&mut *tx).await.map_err(backend)?;
+                    n += r.rows_affected();
+                }
+                tx.commit().await.map_err(backend)?;
+                Ok(n)
+            }
+
+            async fn set_key_limits(&self, id: &ApiKeyId, limits: Option<&KeyLimits>, policy: &KeyPolicy) -> Result<bool, StoreError> {
                 let json = serde_json::to_string(policy).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                let sql = q("UPDATE auth_api_keys SET policy = $1, suspended_at = NULL WHERE user_id = $2 AND revoked_at IS NULL");
-                let r = sqlx::query(&sql).bind(json).bind(user.as_str()).execute(&self.pool).await.map_err(backend)?;
-                Ok(r.rows_affected())
+                let sql = q("UPDATE auth_api_keys SET own_limits = $1, policy = $2 WHERE id = $3 AND revoked_at IS NULL");
+                let r = sqlx::query(&sql).bind(encode_limits(limits)?).bind(json).bind(id.as_str()).execute(&self.pool).await.map_err(backend)?;
+                Ok(r.rows_affected() > 0)
             }
 
             async fn suspend_user_keys(&self, user: &UserId, at: DateTime<Utc>) -> Result<u64, StoreError> {
@@ -377,7 +630,7 @@ macro_rules! sql_store {
         fn bind_key<'q>(
             query: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>>,
             key: &'q ApiKeyRecord,
-            (tags, policy): (String, String),
+            (tags, policy, limits): (String, String, Option<String>),
         ) -> sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>> {
             query
                 .bind(key.id.as_str())
@@ -393,6 +646,7 @@ macro_rules! sql_store {
                 .bind(opt_ms(key.expires_at))
                 .bind(opt_ms(key.revoked_at))
                 .bind(opt_ms(key.suspended_at))
+                .bind(limits)
         }
 
     };

@@ -60,6 +60,35 @@ pub struct UserDto {
     pub email_verified: bool,
     /// When the account was created.
     pub created_at: DateTime<Utc>,
+    /// Display name, if set.
+    pub display_name: Option<String>,
+    /// Risk flags (admin views only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub risk_flags: Option<Vec<RiskFlagDto>>,
+}
+
+/// A risk flag an admin set on a user.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RiskFlagDto {
+    /// Name.
+    pub flag: String,
+    /// Why.
+    pub reason: String,
+    /// Who set it (user id).
+    pub actor: Option<String>,
+    /// When.
+    pub set_at: DateTime<Utc>,
+}
+
+impl From<&relay_auth::RiskFlag> for RiskFlagDto {
+    fn from(f: &relay_auth::RiskFlag) -> Self {
+        Self {
+            flag: f.flag.clone(),
+            reason: f.reason.clone(),
+            actor: f.actor.as_ref().map(ToString::to_string),
+            set_at: f.set_at,
+        }
+    }
 }
 
 impl From<&User> for UserDto {
@@ -71,6 +100,8 @@ impl From<&User> for UserDto {
             status: status_name(u.status),
             email_verified: u.email_verified_at.is_some(),
             created_at: u.created_at,
+            display_name: u.display_name.clone(),
+            risk_flags: None,
         }
     }
 }
@@ -353,6 +384,9 @@ pub struct KeyDto {
     pub revoked_at: Option<DateTime<Utc>>,
     /// Suspended because the plan ended.
     pub suspended_at: Option<DateTime<Utc>>,
+    /// The key's own limits within the plan (`policy` is the plan's narrowed by these).
+    #[schema(value_type = Option<Object>)]
+    pub limits: Option<serde_json::Value>,
 }
 
 impl From<&ApiKeyRecord> for KeyDto {
@@ -368,6 +402,10 @@ impl From<&ApiKeyRecord> for KeyDto {
             expires_at: k.expires_at,
             revoked_at: k.revoked_at,
             suspended_at: k.suspended_at,
+            limits: k
+                .own_limits
+                .as_ref()
+                .and_then(|l| serde_json::to_value(l).ok()),
         }
     }
 }
@@ -436,6 +474,36 @@ pub struct UsageRowDto {
     pub cost: MoneyDto,
     /// Charged to the wallet, when the source knows it.
     pub charged: Option<MoneyDto>,
+    /// Token counts, when the source records them.
+    #[serde(default)]
+    pub tokens: Option<TokensDto>,
+}
+
+/// Tokens of a usage row, by kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TokensDto {
+    /// Prompt tokens not read from or written to a cache.
+    pub input: u64,
+    /// Output tokens.
+    pub output: u64,
+    /// Prompt tokens written to a 5-minute cache.
+    pub cache_write_5m: u64,
+    /// Prompt tokens written to a 1-hour cache.
+    pub cache_write_1h: u64,
+    /// Prompt tokens read from a cache.
+    pub cache_read: u64,
+}
+
+impl From<&relay_core::Usage> for TokensDto {
+    fn from(u: &relay_core::Usage) -> Self {
+        Self {
+            input: u.input_tokens,
+            output: u.output_tokens,
+            cache_write_5m: u.cache_write_5m_tokens,
+            cache_write_1h: u.cache_write_1h_tokens,
+            cache_read: u.cache_read_tokens,
+        }
+    }
 }
 
 /// Everything stored about the user (data export).

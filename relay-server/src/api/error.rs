@@ -166,6 +166,7 @@ impl From<AuthError> for ApiError {
             AuthError::KeyLimit { .. } => Self::new(S::CONFLICT, "key_limit", msg),
             AuthError::InvalidPolicy(_) => Self::invalid("policy", msg),
             AuthError::InvalidKeyMetadata { field, .. } => Self::invalid(field, msg),
+            AuthError::InvalidInput { field, .. } => Self::invalid(field, msg),
             AuthError::Ldap(_) => Self::new(S::BAD_GATEWAY, "directory_unavailable", msg),
             AuthError::Store(StoreError::Conflict(_)) => Self::new(S::CONFLICT, "conflict", msg),
             AuthError::Store(StoreError::KeyLimit { .. }) => {

@@ -83,6 +83,7 @@ pub async fn usage_by_day(
             requests,
             cost: cost.into(),
             charged: Some(charged.into()),
+            tokens: None,
         })
         .collect())
 }

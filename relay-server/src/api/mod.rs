@@ -212,12 +212,14 @@ pub fn router(state: ApiState) -> Router {
         // keys and usage
         .route("/user/keys", get(keys::list).post(keys::create))
         .route("/user/keys/{id}/rotate", post(keys::rotate))
-        .route("/user/keys/{id}", delete(keys::revoke))
+        .route("/user/keys/{id}", delete(keys::revoke).patch(keys::update))
         .route("/user/usage", get(usage::usage))
         // admin
         .route("/admin/users", get(users::search))
         .route("/admin/users/{id}/status", post(users::set_status))
         .route("/admin/users/{id}/role", post(users::set_role))
+        .route("/admin/users/{id}/flags", post(users::set_flag))
+        .route("/admin/users/{id}/flags/{flag}", delete(users::clear_flag))
         .route("/admin/users/{id}/orders", get(orders::of_user))
         .route("/admin/users/{id}/ledger", get(orders::ledger_of_user))
         .route("/admin/users/{id}/invoices", get(orders::invoices_of_user))
@@ -297,10 +299,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/user/keys"),
     ("POST", "/api/user/keys/{id}/rotate"),
     ("DELETE", "/api/user/keys/{id}"),
+    ("PATCH", "/api/user/keys/{id}"),
     ("GET", "/api/user/usage"),
     ("GET", "/api/admin/users"),
     ("POST", "/api/admin/users/{id}/status"),
     ("POST", "/api/admin/users/{id}/role"),
+    ("POST", "/api/admin/users/{id}/flags"),
+    ("DELETE", "/api/admin/users/{id}/flags/{flag}"),
     ("GET", "/api/admin/users/{id}/orders"),
     ("GET", "/api/admin/users/{id}/ledger"),
     ("GET", "/api/admin/users/{id}/invoices"),

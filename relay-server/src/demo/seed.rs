@@ -143,6 +143,7 @@ pub async fn seed(
         expires_at: None,
         revoked_at: None,
         suspended_at: None,
+        own_limits: None,
     };
     store.insert_key(&record, 100, now).await?;
     Ok(DemoSeed {

@@ -245,3 +245,76 @@ where
         (self.run)().await
     }
 }
+
+/// Deletes one-time tokens and sessions that ended (used, expired or revoked) more than
+/// `retention` ago ([`relay_auth::AccountService::purge`]): they are useless after that,
+/// and a session row says when and from where someone was logged in.
+#[derive(Debug, Clone)]
+pub struct AuthPurgeJob {
+    accounts: Arc<relay_auth::AccountService>,
+    retention: chrono::Duration,
+}
+
+impl AuthPurgeJob {
+    /// Purge `accounts`' store, keeping what ended within `retention`.
+    pub fn new(accounts: Arc<relay_auth::AccountService>, retention: chrono::Duration) -> Self {
+        Self {
+            accounts,
+            retention,
+        }
+    }
+}
+
+#[async_trait]
+impl Job for AuthPurgeJob {
+    fn name(&self) -> &str {
+        "auth_purge"
+    }
+
+    async fn run(&self) -> Result<JobReport, String> {
+        let purged = self
+            .accounts
+            .purge(self.retention)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(JobReport {
+            changed: purged.tokens + purged.sessions,
+            ..JobReport::default()
+        })
+    }
+}
+
+/// Recomputes yesterday's and today's (UTC) usage rollups from the durable usage records,
+/// which the usage-by-day-and-model routes read. Yesterday is included so a day's late
+/// records are counted after midnight.
+#[derive(Debug, Clone)]
+pub struct UsageRollupJob {
+    store: Arc<dyn relay_usage::sink::UsageRecordStore>,
+    clock: SharedClock,
+}
+
+impl UsageRollupJob {
+    /// Roll up `store`'s records.
+    pub fn new(store: Arc<dyn relay_usage::sink::UsageRecordStore>, clock: SharedClock) -> Self {
+        Self { store, clock }
+    }
+}
+
+#[async_trait]
+impl Job for UsageRollupJob {
+    fn name(&self) -> &str {
+        "usage_rollup"
+    }
+
+    async fn run(&self) -> Result<JobReport, String> {
+        let today = self.clock.now().date_naive();
+        let mut report = JobReport::default();
+        for day in [today - chrono::Duration::days(1), today] {
+            match self.store.rollup_day(day).await {
+                Ok(rows) => report.changed += rows,
+                Err(e) => report.errors.push(format!("{day}: {e}")),
+            }
+        }
+        Ok(report)
+    }
+}

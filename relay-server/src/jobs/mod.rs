@@ -39,6 +39,7 @@ use relay_core::SharedClock;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
+pub use builtin::{AuthPurgeJob, UsageRollupJob};
 pub use builtin::{
     BillingJob, BillingTask, FnJob, JobFuture, LedgerReconcileJob, PaymentReconcileJob,
     UsageFlushJob,

@@ -458,6 +458,16 @@ impl Harness {
         self.send(req).await.0
     }
 
+    /// The SQLite files' directory (SQLite backend).
+    pub fn sqlite_dir(&self) -> Option<&std::path::Path> {
+        self._dir.as_ref().map(|d| d.path())
+    }
+
+    /// The PostgreSQL URL and schema (PostgreSQL backend).
+    pub fn pg_schema(&self) -> Option<(&str, &str)> {
+        self.cleanup.as_ref().map(|(u, s)| (u.as_str(), s.as_str()))
+    }
+
     pub fn clock_now(&self) -> DateTime<Utc> {
         relay_core::Clock::now(self.clock.as_ref())
     }

@@ -5,7 +5,6 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use relay_auth::LoginRequest;
-use relay_core::AccountStatus;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -66,14 +65,25 @@ pub struct ResetConfirmRequest {
     pub password: String,
 }
 
-/// A password change.
+/// A profile change: any of a new password, a new email address (confirmed from the new
+/// mailbox before it takes effect) and a display name. Changing the password or the email
+/// needs the current password.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileUpdate {
-    /// The current password.
-    pub current_password: String,
-    /// The new password.
-    pub new_password: String,
+    /// The current password (for a new password or email).
+    #[serde(default)]
+    pub current_password: Option<String>,
+    /// The new password (10 to 128 characters).
+    #[serde(default)]
+    pub new_password: Option<String>,
+    /// The new email address; a verification link goes to it, and the account moves when
+    /// it is used. The answer is the same whether or not the address is taken.
+    #[serde(default)]
+    pub email: Option<String>,
+    /// Display name (at most 100 characters; empty clears it).
+    #[serde(default)]
+    pub display_name: Option<String>,
 }
 
 /// A one-time code.
@@ -229,7 +239,8 @@ pub async fn profile(me: Session) -> Json<UserDto> {
     Json(UserDto::from(&me.user.user))
 }
 
-/// Change the password (ends the other sessions).
+/// Change the password (ends the other sessions), start an email change, or set the
+/// display name. Everything is validated before anything changes.
 #[utoipa::path(patch, path = "/api/user/profile", tag = "user", request_body = ProfileUpdate,
     responses((status = 200, body = UserDto), (status = "4XX", body = ErrorBody)))]
 pub async fn update_profile(
@@ -237,23 +248,73 @@ pub async fn update_profile(
     me: Session,
     ApiJson(body): ApiJson<ProfileUpdate>,
 ) -> ApiResult<Json<UserDto>> {
-    s.accounts
-        .change_password(
-            &me.user.user.id,
-            &me.user.session_hash,
-            &body.current_password,
-            &body.new_password,
-        )
-        .await
-        .map_err(|e| {
-            let e = ApiError::from(e);
-            match e.detail.field.as_deref() {
-                Some("password") => e.with_field("new_password"),
-                _ if e.detail.code == "invalid_credentials" => e.with_field("current_password"),
-                _ => e,
-            }
-        })?;
-    Ok(Json(UserDto::from(&me.user.user)))
+    let user = &me.user.user;
+    if body.new_password.is_none() && body.email.is_none() && body.display_name.is_none() {
+        return Err(ApiError::invalid(
+            "new_password",
+            "give at least one of new_password, email or display_name",
+        ));
+    }
+    // Validate every field first, so bad input changes nothing.
+    let name = body
+        .display_name
+        .as_deref()
+        .map(relay_auth::profile::display_name)
+        .transpose()?;
+    if let Some(e) = &body.email {
+        let email =
+            relay_auth::Email::parse(e).map_err(|e| ApiError::invalid("email", e.to_string()))?;
+        if email == user.email {
+            return Err(ApiError::invalid(
+                "email",
+                "that is already the account's address",
+            ));
+        }
+    }
+    if let Some(p) = &body.new_password {
+        relay_auth::Password::new_for_account(p)
+            .map_err(|e| ApiError::invalid("new_password", e.to_string()))?;
+    }
+    let current = match (
+        &body.current_password,
+        body.new_password.is_some() || body.email.is_some(),
+    ) {
+        (Some(c), _) => c.as_str(),
+        (None, true) => {
+            return Err(ApiError::invalid(
+                "current_password",
+                "the current password is needed to change the password or email",
+            ))
+        }
+        (None, false) => "",
+    };
+    let credentials = |e: relay_auth::AuthError| {
+        let e = ApiError::from(e);
+        match e.detail.field.as_deref() {
+            Some("password") => e.with_field("current_password"),
+            _ if e.detail.code == "invalid_credentials" => e.with_field("current_password"),
+            _ => e,
+        }
+    };
+    if let Some(new_password) = &body.new_password {
+        s.accounts
+            .change_password(&user.id, &me.user.session_hash, current, new_password)
+            .await
+            .map_err(credentials)?;
+    }
+    if let Some(email) = &body.email {
+        s.accounts
+            .request_email_change(&user.id, current, email)
+            .await
+            .map_err(credentials)?;
+    }
+    if let Some(name) = name {
+        s.accounts
+            .set_display_name(&user.id, name.as_deref().unwrap_or(""))
+            .await?;
+    }
+    let fresh = s.accounts.user(&user.id).await?;
+    Ok(Json(UserDto::from(&fresh)))
 }
 
 /// Start TOTP enrolment (confirm it with a code).
@@ -348,9 +409,11 @@ pub async fn export(State(s): State<ApiState>, me: Session) -> ApiResult<Respons
     Ok(resp)
 }
 
-/// Close the account: keys revoked, sessions ended, subscription canceled, status closed
-/// (final). The ledger and invoices are kept, as the law requires; they name only the
-/// opaque user id.
+/// Delete the account: subscription canceled, keys revoked, personal data erased (email
+/// replaced by a placeholder, password, TOTP, sessions, tokens, display name and outbox
+/// mails removed; see [`crate::api::user::erase`]), status closed (final). The ledger and
+/// invoices are kept, as the law requires; they name only the opaque user id. The address
+/// can register again, as a new account.
 #[utoipa::path(delete, path = "/api/user/account", tag = "user", request_body = DeleteRequest,
     responses((status = 200, body = OkDto), (status = "4XX", body = ErrorBody)))]
 pub async fn delete_account(
@@ -378,10 +441,15 @@ pub async fn delete_account(
             s.keys.revoke(&k.id).await?;
         }
     }
+    // Other places first: once the account is erased the user cannot retry.
+    crate::api::user::erase::erase_outbox(&s, &user.id, &user.email).await?;
     s.accounts
-        .set_status(None, &user.id, AccountStatus::Closed, "deleted by the user")
+        .erase(
+            &user.id,
+            Some(&user.id),
+            "account deleted and erased by the user",
+        )
         .await?;
-    s.accounts.logout_everywhere(&user.id).await?;
     Ok(Json(OkDto::new(
         "account closed; billing records are kept under an anonymous id",
     )))

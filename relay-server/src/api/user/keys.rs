@@ -4,7 +4,7 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use relay_auth::NewKey;
+use relay_auth::{KeyLimits, NewKey};
 use relay_core::{ApiKeyId, Expiry, KeyPolicy, UserId};
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -40,6 +40,17 @@ pub struct RotateBody {
     pub grace_seconds: Option<i64>,
 }
 
+/// A key's own limits within the plan.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateKeyBody {
+    /// The key's own limits (relay-auth's `KeyLimits`: `allowed_models`, `concurrency`,
+    /// `rate_windows`, `budgets`), each no wider than the plan's; they stay in force
+    /// through renewals and plan changes (a smaller plan clamps them). `{}` removes them.
+    #[schema(value_type = Object)]
+    pub limits: KeyLimits,
+}
+
 /// The policy of `user`'s live plan, if they have one.
 pub async fn plan_policy(s: &ApiState, user: &UserId) -> ApiResult<Option<KeyPolicy>> {
     let store = s.billing.store();
@@ -52,13 +63,7 @@ pub async fn plan_policy(s: &ApiState, user: &UserId) -> ApiResult<Option<KeyPol
     Ok(store.plan(&sub.plan_id).await?.map(|p| p.spec.policy()))
 }
 
-fn covered(plan_patterns: &[String], key_pattern: &str) -> bool {
-    plan_patterns.iter().any(|p| {
-        p == key_pattern
-            || (p.ends_with('*')
-                && relay_core::policy::model_matches(p, key_pattern.trim_end_matches('*')))
-    })
-}
+use relay_auth::keys::limits::covered;
 
 /// Why `key` grants more than `plan` (field and reason), or `None` when it is within it.
 pub fn looser_than(key: &KeyPolicy, plan: &KeyPolicy) -> Option<(&'static str, String)> {
@@ -212,6 +217,17 @@ pub async fn create(
     ApiJson(body): ApiJson<CreateKeyBody>,
 ) -> ApiResult<(StatusCode, Json<IssuedKeyDto>)> {
     let user = &me.user.user.id;
+    let flags = s.accounts.risk_flags(user).await?;
+    if flags
+        .iter()
+        .any(|f| f.flag == crate::api::admin::users::BLOCK_NEW_KEYS)
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "key_creation_blocked",
+            "new API keys are blocked on this account: contact support",
+        ));
+    }
     let plan = plan_policy(&s, user).await?;
     let policy = match (body.policy, &plan) {
         (Some(p), Some(plan)) => {
@@ -278,6 +294,36 @@ pub async fn rotate(
             record: KeyDto::from(&issued.record),
         }),
     ))
+}
+
+/// Narrow one key within the plan: fewer models, lower rate windows, budgets and
+/// concurrency. Wider than the plan is a 422 naming the field.
+#[utoipa::path(patch, path = "/api/user/keys/{id}", tag = "keys", request_body = UpdateKeyBody,
+    params(("id" = String, Path, description = "key id")),
+    responses((status = 200, body = KeyDto), (status = "4XX", body = ErrorBody)))]
+pub async fn update(
+    State(s): State<ApiState>,
+    me: Session,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UpdateKeyBody>,
+) -> ApiResult<Json<KeyDto>> {
+    let id = own_key(&s, &me, &id).await?;
+    let Some(plan) = plan_policy(&s, &me.user.user.id).await? else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "no_plan",
+            "per-key limits narrow a plan: subscribe to a plan first",
+        )
+        .with_field("limits"));
+    };
+    if let Err(e) = body.limits.check_within(&plan) {
+        return Err(ApiError::invalid(
+            e.field,
+            format!("key limits may not exceed the plan's: {}", e.reason),
+        ));
+    }
+    let key = s.keys.set_limits(&id, Some(body.limits), &plan).await?;
+    Ok(Json(KeyDto::from(&key)))
 }
 
 /// Revoke a key now, everywhere.

@@ -2,5 +2,6 @@
 
 pub mod account;
 pub mod billing;
+pub mod erase;
 pub mod keys;
 pub mod usage;

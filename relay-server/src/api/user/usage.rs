@@ -25,17 +25,32 @@ pub struct UsageQuery {
     pub format: Option<String>,
 }
 
-/// Usage rows as CSV (`day,model,requests,cost,charged,currency`).
+/// Usage rows as CSV (`day,model,requests,input_tokens,output_tokens,
+/// cache_write_5m_tokens,cache_write_1h_tokens,cache_read_tokens,cost,charged,currency`;
+/// token columns are empty when the source does not record tokens).
 pub fn to_csv(rows: &[UsageRowDto]) -> String {
-    let mut out = String::from("day,model,requests,cost,charged,currency\n");
+    let mut out = String::from(
+        "day,model,requests,input_tokens,output_tokens,cache_write_5m_tokens,\
+         cache_write_1h_tokens,cache_read_tokens,cost,charged,currency\n",
+    );
     for r in rows {
         // Models are the only free text; quote them so a comma or quote cannot split a row.
         let model = format!("\"{}\"", r.model.replace('"', "\"\""));
+        let tokens = r.tokens.as_ref().map_or_else(
+            || ",,,,".to_owned(),
+            |t| {
+                format!(
+                    "{},{},{},{},{}",
+                    t.input, t.output, t.cache_write_5m, t.cache_write_1h, t.cache_read
+                )
+            },
+        );
         out.push_str(&format!(
-            "{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{}\n",
             r.day,
             model,
             r.requests,
+            tokens,
             r.cost.amount,
             r.charged.as_ref().map_or("", |c| c.amount.as_str()),
             r.cost.currency

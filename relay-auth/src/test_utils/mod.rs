@@ -18,7 +18,10 @@ use crate::model::{
 use crate::role::Role;
 use crate::store::{AuthStore, StoreError};
 
-fn t0() -> DateTime<Utc> {
+mod profile;
+pub use profile::*;
+
+pub(crate) fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap()
 }
 
@@ -34,6 +37,7 @@ pub fn sample_user(tag: &str) -> User {
         source: UserSource::Local,
         email_verified_at: None,
         created_at: t0(),
+        display_name: None,
     }
 }
 
@@ -57,6 +61,7 @@ pub fn sample_key(user: &UserId, created_at: DateTime<Utc>) -> ApiKeyRecord {
         expires_at: None,
         revoked_at: None,
         suspended_at: None,
+        own_limits: None,
     }
 }
 
@@ -507,5 +512,11 @@ pub async fn run_all(store: Arc<dyn AuthStore>) {
     sessions_revoke(Arc::clone(&store)).await;
     keys_limit_rotate_revoke_and_uses(Arc::clone(&store)).await;
     concurrent_key_inserts_respect_the_limit(Arc::clone(&store)).await;
-    key_limits(store).await;
+    key_limits(Arc::clone(&store)).await;
+    erase_removes_personal_data(Arc::clone(&store)).await;
+    email_change_is_confirmed_once(Arc::clone(&store)).await;
+    purge_removes_only_what_ended_before(Arc::clone(&store)).await;
+    list_users_filters_and_pages(Arc::clone(&store)).await;
+    risk_flags_set_and_clear(Arc::clone(&store)).await;
+    key_limits_survive_policy_application(store).await;
 }
