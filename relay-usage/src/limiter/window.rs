@@ -7,6 +7,9 @@
 use std::time::Duration;
 
 use relay_core::RateWindow;
+use rust_decimal::Decimal;
+
+use super::cost_units;
 
 
 /// Requests, tokens and cost units counted in one bucket.
@@ -22,6 +25,32 @@ pub struct Counts {
 
 pub(crate) fn window_ms(w: &RateWindow) -> i64 {
     i64::try_from(w.window_secs.saturating_mul(1000)).unwrap_or(i64::MAX / 4)
+}
+
+/// [`cost_units`] on the hot path: a cost with a mantissa within 64 bits (any cost below
+/// 18 billion at nano precision) is scaled with one integer multiply or division instead of
+/// decimal arithmetic. Anything else takes the decimal path; both round up.
+pub(crate) fn units_of(cost: Decimal) -> u64 {
+    const POW10: [u64; 20] = {
+        let mut t = [1u64; 20];
+        let mut i = 1;
+        while i < 20 {
+            t[i] = t[i - 1] * 10;
+            i += 1;
+        }
+        t
+    };
+    if let Ok(m) = u64::try_from(cost.mantissa()) {
+        let scale = cost.scale() as usize;
+        if let Some(&p) = POW10.get(9usize.wrapping_sub(scale)) {
+            if let Some(v) = m.checked_mul(p) {
+                return v;
+            }
+        } else if let Some(&p) = POW10.get(scale.wrapping_sub(9)) {
+            return m.div_ceil(p);
+        }
+    }
+    cost_units(cost)
 }
 
 pub(crate) fn apply_delta(v: u64, d: i64) -> u64 {
@@ -134,6 +163,39 @@ mod tests {
             retry_after(10, 0, 0, 11, 0, 60_000),
             Duration::from_millis(60_000)
         );
+    }
+
+    #[test]
+    fn units_of_agrees_with_the_decimal_path() {
+        let mut cases = vec![
+            Decimal::ZERO,
+            Decimal::ONE,
+            Decimal::NEGATIVE_ONE,
+            Decimal::MAX,
+            Decimal::MIN,
+            Decimal::new(5, 2),
+            Decimal::new(1, 28),
+            Decimal::new(-1, 28),
+            Decimal::new(i64::MAX, 0),
+            Decimal::new(i64::MAX, 28),
+            Decimal::new(18_446_744_073, 0),
+            Decimal::new(18_446_744_074, 0),
+            Decimal::from_i128_with_scale(i128::from(u64::MAX), 9),
+            Decimal::from_i128_with_scale(i128::from(u64::MAX) + 1, 9),
+            Decimal::from_i128_with_scale(i128::from(u64::MAX), 19),
+        ];
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for scale in 0..=28 {
+            for _ in 0..50 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                cases.push(Decimal::from_i128_with_scale(i128::from(x >> (x % 64)), scale));
+            }
+        }
+        for c in cases {
+            assert_eq!(units_of(c), cost_units(c), "{c}");
+        }
     }
 
     #[test]

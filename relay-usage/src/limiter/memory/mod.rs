@@ -31,12 +31,12 @@ use async_trait::async_trait;
 use dashmap::DashMap;
 use relay_core::{ApiKeyId, KeyPolicy, SharedClock};
 
-use self::key::{BuildKeyHasher, KeyBits};
+use self::key::{lease_bits, BuildKeyHasher, KeyBits};
 use self::plan::Plan;
 use self::state::KeyState;
-use super::window::delta;
+use super::window::{delta, units_of};
 use super::{
-    cost_units, lease_id, static_checks, AdmissionRequest, Counts, Denial, Limiter, LimiterError,
+    static_checks, AdmissionRequest, Counts, Denial, Limiter, LimiterError,
     SettleOutcome, Ticket,
 };
 
@@ -139,7 +139,7 @@ impl MemoryLimiter {
         let add = Counts {
             requests: 1,
             tokens: req.estimated_tokens,
-            cost: cost_units(req.estimated_cost),
+            cost: units_of(req.estimated_cost),
         };
         let bits = KeyBits::of(req.key);
         let mut entry = match self.keys.get_mut(&bits) {
@@ -169,7 +169,7 @@ impl MemoryLimiter {
             }
         }
         state.try_add(policy, now, &add)?;
-        state.push_lease((lease_id(req.request_id), now + self.lease_ttl_ms), now);
+        state.push_lease((lease_bits(req.request_id), now + self.lease_ttl_ms), now);
         drop(entry);
         Ok(Ticket::reserve(req, now, add.tokens, add.cost))
     }
@@ -181,7 +181,7 @@ impl MemoryLimiter {
             return SettleOutcome::NotFound;
         };
         let state = entry.value_mut();
-        match state.take_lease(lease_id(&ticket.request_id)) {
+        match state.take_lease(lease_bits(&ticket.request_id)) {
             Some(expiry) if expiry > now => {}
             _ => return SettleOutcome::NotFound,
         }
@@ -199,7 +199,7 @@ impl MemoryLimiter {
             return false;
         };
         entry.extend_lease(
-            lease_id(&ticket.request_id),
+            lease_bits(&ticket.request_id),
             now,
             now + self.lease_ttl_ms,
         )
@@ -293,7 +293,7 @@ mod tests {
         assert_eq!(limiter.settle_now(&t, 0, 0), SettleOutcome::Settled);
         let _held = admit(&leased, &windowed, Decimal::ZERO);
         let t = admit(&spent, &budgeted, Decimal::ONE);
-        limiter.settle_now(&t, 0, cost_units(Decimal::ONE));
+        limiter.settle_now(&t, 0, crate::limiter::cost_units(Decimal::ONE));
         assert_eq!(limiter.sweep(), 0, "nothing is idle yet");
         clock.advance(chrono::Duration::minutes(11));
         assert_eq!(limiter.sweep(), 1);
