@@ -39,7 +39,9 @@ impl Clock for SystemClock {
         match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
             Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
             // Before the epoch: round towards the past, as `timestamp_millis` does.
-            Err(e) => -i64::try_from(e.duration().as_nanos().div_ceil(1_000_000)).unwrap_or(i64::MAX),
+            Err(e) => {
+                -i64::try_from(e.duration().as_nanos().div_ceil(1_000_000)).unwrap_or(i64::MAX)
+            }
         }
     }
 }

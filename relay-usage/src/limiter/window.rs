@@ -11,7 +11,6 @@ use rust_decimal::Decimal;
 
 use super::cost_units;
 
-
 /// Requests, tokens and cost units counted in one bucket.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -93,7 +92,14 @@ pub(crate) fn estimate(prev: u64, cur: u64, elapsed: i64, len: i64) -> u64 {
 }
 
 /// How long until adding `add` would fit, assuming no other traffic.
-pub(crate) fn retry_after(cap: u64, prev: u64, cur: u64, add: u64, elapsed: i64, len: i64) -> Duration {
+pub(crate) fn retry_after(
+    cap: u64,
+    prev: u64,
+    cur: u64,
+    add: u64,
+    elapsed: i64,
+    len: i64,
+) -> Duration {
     let len_u = u128::try_from(len.max(1)).unwrap_or(1);
     let ms = if add > cap {
         // Can never fit in this window; the best hint is a full window.
@@ -141,7 +147,10 @@ mod tests {
         // prev * remaining overflows 64 bits: the 128-bit path gives the exact answer.
         assert_eq!(estimate(u64::MAX, 0, 30_000, 60_000), u64::MAX / 2 + 1);
         assert_eq!(estimate(u64::MAX, u64::MAX, 0, 60_000), u64::MAX);
-        assert_eq!(estimate(1 << 60, 0, 1, 3_600_000), (1u64 << 60) - (1 << 60) / 3_600_000);
+        assert_eq!(
+            estimate(1 << 60, 0, 1, 3_600_000),
+            (1u64 << 60) - (1 << 60) / 3_600_000
+        );
     }
 
     #[test]
@@ -190,7 +199,10 @@ mod tests {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                cases.push(Decimal::from_i128_with_scale(i128::from(x >> (x % 64)), scale));
+                cases.push(Decimal::from_i128_with_scale(
+                    i128::from(x >> (x % 64)),
+                    scale,
+                ));
             }
         }
         for c in cases {

@@ -20,7 +20,10 @@ impl KeyBits {
     pub(super) fn of(id: &ApiKeyId) -> Self {
         let s = id.as_str();
         let hex = s.strip_prefix("key_").unwrap_or(s).as_bytes();
-        match (hex.get(..16).and_then(decode), hex.get(16..).and_then(decode)) {
+        match (
+            hex.get(..16).and_then(decode),
+            hex.get(16..).and_then(decode),
+        ) {
             (Some(hi), Some(lo)) if hex.len() == 32 => KeyBits(hi, lo),
             _ => {
                 let half = |salt: u8| {
