@@ -337,8 +337,8 @@ mod tests {
                 .single()
                 .unwrap_or_default(),
         );
-        let limiter = MemoryLimiter::new(Arc::new(clock.clone()))
-            .with_lease_ttl(Duration::from_secs(60));
+        let limiter =
+            MemoryLimiter::new(Arc::new(clock.clone())).with_lease_ttl(Duration::from_secs(60));
         for concurrency in [None, Some(5)] {
             let policy = Arc::new(KeyPolicy {
                 concurrency,
@@ -348,7 +348,11 @@ mod tests {
             let rids: Vec<RequestId> = (0..6).map(|_| RequestId::new()).collect();
             let mut tickets = Vec::new();
             for rid in &rids[..5] {
-                tickets.push(limiter.admit_now(&request(&key, &policy, rid)).expect("room"));
+                tickets.push(
+                    limiter
+                        .admit_now(&request(&key, &policy, rid))
+                        .expect("room"),
+                );
             }
             assert_eq!(limiter.in_flight(&key).await.ok(), Some(5));
             let sixth = limiter.admit_now(&request(&key, &policy, &rids[5]));
