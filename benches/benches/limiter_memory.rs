@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use governor::{Quota, RateLimiter};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use relay_core::{
     ApiKeyId, Budget, BudgetPeriod, Currency, KeyPolicy, Money, RateWindow, RequestId, Service,
     SystemClock,
@@ -20,6 +20,16 @@ use relay_usage::{AdmissionRequest, MemoryLimiter};
 use rust_decimal::Decimal;
 
 const KEY_COUNTS: [usize; 3] = [1_000, 100_000, 1_000_000];
+
+/// The key counts to run: `LIMITER_MEMORY_KEYS=1000,100000` picks some (handy under
+/// callgrind, where setting up 1M keys takes minutes), default all.
+fn key_counts() -> Vec<usize> {
+    std::env::var("LIMITER_MEMORY_KEYS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .unwrap_or_else(|| KEY_COUNTS.to_vec())
+}
 
 fn full_policy() -> Arc<KeyPolicy> {
     let usd = |n: i64| Money::new(Decimal::from(n), Currency::USD);
@@ -87,6 +97,7 @@ fn setup(n: usize) -> Setup {
     s
 }
 
+#[inline(never)]
 fn cycle(s: &Setup, key: &ApiKeyId, rid: &RequestId) {
     let req = AdmissionRequest {
         key,
@@ -103,6 +114,12 @@ fn cycle(s: &Setup, key: &ApiKeyId, rid: &RequestId) {
     if let Ok(ticket) = s.limiter.admit_now(&req) {
         s.limiter.settle_now(&ticket, 1500, 12_000_000);
     }
+}
+
+/// Kept out of line so callgrind can count it (`--toggle-collect=*governor_check*`).
+#[inline(never)]
+fn governor_check(gov: &DefaultKeyedRateLimiter<ApiKeyId>, key: &ApiKeyId) {
+    let _ = black_box(gov.check_key(key));
 }
 
 fn run_threads(threads: usize, iters: u64, f: impl Fn(u64, &mut u64) + Sync) -> Duration {
@@ -127,7 +144,7 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("limiter_memory");
     group.sample_size(20);
     group.measurement_time(Duration::from_secs(4));
-    for &n in &KEY_COUNTS {
+    for n in key_counts() {
         let s = setup(n);
         let gov = RateLimiter::keyed(Quota::per_second(NonZeroU32::MAX));
         for k in &s.keys {
@@ -153,7 +170,7 @@ fn bench(c: &mut Criterion) {
                     b.iter_custom(|iters| {
                         run_threads(threads, iters, |_, st| {
                             let k = &s.keys[(next(st) % n as u64) as usize];
-                            let _ = black_box(gov.check_key(k));
+                            governor_check(&gov, k);
                         })
                     })
                 },

@@ -1,10 +1,15 @@
 //! Sliding-window counter arithmetic shared by the backends (the Redis scripts mirror it).
+//!
+//! A window keeps, per counted kind, the total of the current fixed bucket and of the one
+//! before it; [`estimate`] weighs the previous bucket by how much of it still overlaps the
+//! sliding window.
 
 use std::time::Duration;
 
 use relay_core::RateWindow;
+use rust_decimal::Decimal;
 
-use super::{cost_units, WindowCap};
+use super::cost_units;
 
 /// Requests, tokens and cost units counted in one bucket.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -17,121 +22,34 @@ pub struct Counts {
     pub cost: u64,
 }
 
-/// One window's state: the current fixed bucket and the one before it.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct WindowState {
-    pub(crate) len_ms: i64,
-    pub(crate) bucket: i64,
-    pub(crate) prev: Counts,
-    pub(crate) cur: Counts,
-}
-
-/// A window's caps in counting units.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Caps {
-    pub(crate) requests: Option<u64>,
-    pub(crate) tokens: Option<u64>,
-    pub(crate) cost: Option<u64>,
-}
-
-impl Caps {
-    pub(crate) fn of(w: &RateWindow) -> Caps {
-        Caps {
-            requests: w.max_requests,
-            tokens: w.max_tokens,
-            cost: w.max_cost.as_ref().map(|m| cost_units(m.amount())),
-        }
-    }
-}
-
 pub(crate) fn window_ms(w: &RateWindow) -> i64 {
     i64::try_from(w.window_secs.saturating_mul(1000)).unwrap_or(i64::MAX / 4)
 }
 
-impl WindowState {
-    pub(crate) fn new(len_ms: i64) -> Self {
-        Self {
-            len_ms,
-            ..Self::default()
+/// [`cost_units`] on the hot path: a cost with a mantissa within 64 bits (any cost below
+/// 18 billion at nano precision) is scaled with one integer multiply or division instead of
+/// decimal arithmetic. Anything else takes the decimal path; both round up.
+pub(crate) fn units_of(cost: Decimal) -> u64 {
+    const POW10: [u64; 20] = {
+        let mut t = [1u64; 20];
+        let mut i = 1;
+        while i < 20 {
+            t[i] = t[i - 1] * 10;
+            i += 1;
         }
-    }
-
-    /// Move to the bucket containing `now`. A clock that went backwards keeps the newest
-    /// bucket rather than resurrecting old counts.
-    pub(crate) fn roll(&mut self, now: i64) {
-        let bucket = now.div_euclid(self.len_ms);
-        if bucket == self.bucket {
-            return;
-        }
-        if bucket == self.bucket + 1 {
-            self.prev = self.cur;
-        } else if bucket > self.bucket + 1 {
-            self.prev = Counts::default();
-        } else {
-            return;
-        }
-        self.cur = Counts::default();
-        self.bucket = bucket;
-    }
-
-    /// Check adding `add` against `caps` at `now` (after [`roll`](Self::roll)).
-    pub(crate) fn check(
-        &self,
-        now: i64,
-        caps: &Caps,
-        add: &Counts,
-    ) -> Result<(), (WindowCap, Duration)> {
-        let elapsed = now - self.bucket * self.len_ms;
-        let kinds = [
-            (
-                WindowCap::Requests,
-                caps.requests,
-                self.prev.requests,
-                self.cur.requests,
-                add.requests,
-            ),
-            (
-                WindowCap::Tokens,
-                caps.tokens,
-                self.prev.tokens,
-                self.cur.tokens,
-                add.tokens,
-            ),
-            (
-                WindowCap::Cost,
-                caps.cost,
-                self.prev.cost,
-                self.cur.cost,
-                add.cost,
-            ),
-        ];
-        for (kind, cap, prev, cur, add) in kinds {
-            let Some(cap) = cap else { continue };
-            if estimate(prev, cur, elapsed, self.len_ms).saturating_add(add) > cap {
-                return Err((kind, retry_after(cap, prev, cur, add, elapsed, self.len_ms)));
+        t
+    };
+    if let Ok(m) = u64::try_from(cost.mantissa()) {
+        let scale = cost.scale() as usize;
+        if let Some(&p) = POW10.get(9usize.wrapping_sub(scale)) {
+            if let Some(v) = m.checked_mul(p) {
+                return v;
             }
+        } else if let Some(&p) = POW10.get(scale.wrapping_sub(9)) {
+            return m.div_ceil(p);
         }
-        Ok(())
     }
-
-    pub(crate) fn add(&mut self, add: &Counts) {
-        self.cur.requests = self.cur.requests.saturating_add(add.requests);
-        self.cur.tokens = self.cur.tokens.saturating_add(add.tokens);
-        self.cur.cost = self.cur.cost.saturating_add(add.cost);
-    }
-
-    /// Correct a reservation made in bucket `admitted_bucket` by a signed delta.
-    pub(crate) fn adjust(&mut self, admitted_bucket: i64, d_tokens: i64, d_cost: i64) {
-        let target = if admitted_bucket == self.bucket {
-            &mut self.cur
-        } else if admitted_bucket + 1 == self.bucket {
-            &mut self.prev
-        } else {
-            return;
-        };
-        target.tokens = apply_delta(target.tokens, d_tokens);
-        target.cost = apply_delta(target.cost, d_cost);
-    }
+    cost_units(cost)
 }
 
 pub(crate) fn apply_delta(v: u64, d: i64) -> u64 {
@@ -152,17 +70,36 @@ pub(crate) fn delta(actual: u64, reserved: u64) -> i64 {
 }
 
 /// `ceil(prev * (len - elapsed) / len) + cur`: rounding up never under-counts.
-fn estimate(prev: u64, cur: u64, elapsed: i64, len: i64) -> u64 {
-    let remaining = u128::try_from((len - elapsed).clamp(0, len)).unwrap_or(0);
-    let len = u128::try_from(len.max(1)).unwrap_or(1);
-    let weighted = (u128::from(prev) * remaining).div_ceil(len);
-    u64::try_from(weighted)
-        .unwrap_or(u64::MAX)
-        .saturating_add(cur)
+///
+/// `elapsed` is the time since the current bucket started (`0..len`); outside that range
+/// it is clamped. The product fits 64 bits for any realistic count, so the 128-bit
+/// division (several times slower) only runs when it does not.
+pub(crate) fn estimate(prev: u64, cur: u64, elapsed: i64, len: i64) -> u64 {
+    if prev == 0 {
+        return cur;
+    }
+    let len = len.max(1);
+    let remaining = (len - elapsed).clamp(0, len).unsigned_abs();
+    let len = len.unsigned_abs();
+    let weighted = match prev.checked_mul(remaining) {
+        Some(p) => p.div_ceil(len),
+        None => {
+            let w = (u128::from(prev) * u128::from(remaining)).div_ceil(u128::from(len));
+            u64::try_from(w).unwrap_or(u64::MAX)
+        }
+    };
+    weighted.saturating_add(cur)
 }
 
 /// How long until adding `add` would fit, assuming no other traffic.
-fn retry_after(cap: u64, prev: u64, cur: u64, add: u64, elapsed: i64, len: i64) -> Duration {
+pub(crate) fn retry_after(
+    cap: u64,
+    prev: u64,
+    cur: u64,
+    add: u64,
+    elapsed: i64,
+    len: i64,
+) -> Duration {
     let len_u = u128::try_from(len.max(1)).unwrap_or(1);
     let ms = if add > cap {
         // Can never fit in this window; the best hint is a full window.
@@ -193,70 +130,93 @@ fn retry_after(cap: u64, prev: u64, cur: u64, add: u64, elapsed: i64, len: i64) 
 mod tests {
     use super::*;
 
-    fn req(n: u64) -> Counts {
-        Counts {
-            requests: n,
-            ..Counts::default()
-        }
+    #[test]
+    fn previous_bucket_decays_linearly_and_rounds_up() {
+        // 10 in the previous bucket: all of it at the start, half of it half-way through.
+        assert_eq!(estimate(10, 0, 0, 60_000), 10);
+        assert_eq!(estimate(10, 3, 30_000, 60_000), 8);
+        assert_eq!(estimate(10, 0, 59_999, 60_000), 1, "rounds up");
+        assert_eq!(estimate(10, 2, 60_000, 60_000), 2);
+        // Out-of-range elapsed times are clamped, not wrapped.
+        assert_eq!(estimate(10, 0, -5, 60_000), 10);
+        assert_eq!(estimate(10, 0, 90_000, 60_000), 0);
     }
 
     #[test]
-    fn previous_bucket_decays_linearly() {
-        let caps = Caps {
-            requests: Some(10),
-            tokens: None,
-            cost: None,
-        };
-        let mut w = WindowState::new(60_000);
-        w.roll(0);
-        w.add(&req(10));
-        assert!(w.check(59_999, &caps, &req(1)).is_err());
-        // Half-way through the next bucket the previous 10 weigh 5.
-        w.roll(90_000);
-        assert!(w.check(90_000, &caps, &req(5)).is_ok());
-        assert!(w.check(90_000, &caps, &req(6)).is_err());
-        // Two buckets later everything has aged out.
-        w.roll(180_000);
-        assert!(w.check(180_000, &caps, &req(10)).is_ok());
+    fn huge_counts_take_the_wide_path_and_saturate() {
+        // prev * remaining overflows 64 bits: the 128-bit path gives the exact answer.
+        assert_eq!(estimate(u64::MAX, 0, 30_000, 60_000), u64::MAX / 2 + 1);
+        assert_eq!(estimate(u64::MAX, u64::MAX, 0, 60_000), u64::MAX);
+        assert_eq!(
+            estimate(1 << 60, 0, 1, 3_600_000),
+            (1u64 << 60) - (1 << 60) / 3_600_000
+        );
     }
 
     #[test]
     fn retry_hint_points_at_when_it_fits() {
-        let caps = Caps {
-            requests: Some(10),
-            tokens: None,
-            cost: None,
-        };
-        let mut w = WindowState::new(60_000);
-        w.roll(0);
-        w.add(&req(10));
-        // Full at t=30s: needs the next bucket (30 s away) and then the previous 10 to
-        // decay to 9, another 6 s.
-        let (_, wait) = w.check(30_000, &caps, &req(1)).unwrap_err();
-        assert_eq!(wait, Duration::from_millis(36_000));
-        w.roll(36_000 + 30_000);
-        assert!(w.check(66_000, &caps, &req(1)).is_ok());
+        // 10 of 10 used in the previous bucket at 30 s into the current one: the previous
+        // 10 must decay to 9, at 6 s into the current bucket: already past, so 1 ms.
+        assert_eq!(
+            retry_after(10, 10, 0, 1, 30_000, 60_000),
+            Duration::from_millis(1)
+        );
+        // 10 used in the current bucket at 30 s: needs the next bucket (30 s away) and then
+        // those 10 to decay to 9, another 6 s.
+        assert_eq!(
+            retry_after(10, 0, 10, 1, 30_000, 60_000),
+            Duration::from_millis(36_000)
+        );
+        // More than the cap can never fit: a whole window.
+        assert_eq!(
+            retry_after(10, 0, 0, 11, 0, 60_000),
+            Duration::from_millis(60_000)
+        );
     }
 
     #[test]
-    fn adjustments_land_in_the_bucket_they_were_reserved_in() {
-        let mut w = WindowState::new(1000);
-        w.roll(500);
-        w.add(&Counts {
-            requests: 1,
-            tokens: 100,
-            cost: 50,
-        });
-        w.adjust(0, -60, 25);
-        assert_eq!(w.cur.tokens, 40);
-        assert_eq!(w.cur.cost, 75);
-        w.roll(1500);
-        w.adjust(0, -100, -100);
-        assert_eq!(w.prev.tokens, 0);
-        assert_eq!(w.prev.cost, 0);
-        w.roll(5000);
-        w.adjust(0, 1000, 1000);
-        assert_eq!(w.cur, Counts::default());
-        assert_eq!(w.prev, Counts::default());
+    fn units_of_agrees_with_the_decimal_path() {
+        let mut cases = vec![
+            Decimal::ZERO,
+            Decimal::ONE,
+            Decimal::NEGATIVE_ONE,
+            Decimal::MAX,
+            Decimal::MIN,
+            Decimal::new(5, 2),
+            Decimal::new(1, 28),
+            Decimal::new(-1, 28),
+            Decimal::new(i64::MAX, 0),
+            Decimal::new(i64::MAX, 28),
+            Decimal::new(18_446_744_073, 0),
+            Decimal::new(18_446_744_074, 0),
+            Decimal::from_i128_with_scale(i128::from(u64::MAX), 9),
+            Decimal::from_i128_with_scale(i128::from(u64::MAX) + 1, 9),
+            Decimal::from_i128_with_scale(i128::from(u64::MAX), 19),
+        ];
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for scale in 0..=28 {
+            for _ in 0..50 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                cases.push(Decimal::from_i128_with_scale(
+                    i128::from(x >> (x % 64)),
+                    scale,
+                ));
+            }
+        }
+        for c in cases {
+            assert_eq!(units_of(c), cost_units(c), "{c}");
+        }
+    }
+
+    #[test]
+    fn deltas_saturate_both_ways() {
+        assert_eq!(delta(5, 3), 2);
+        assert_eq!(delta(3, 5), -2);
+        assert_eq!(delta(u64::MAX, 0), i64::MAX);
+        assert_eq!(delta(0, u64::MAX), -i64::MAX);
+        assert_eq!(apply_delta(5, -10), 0);
+        assert_eq!(apply_delta(u64::MAX - 1, 10), u64::MAX);
     }
 }
