@@ -268,6 +268,10 @@ fn anthropic_error(body: &str) -> String {
 }
 
 async fn full_loop(backend: Backend) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn")
+        .with_test_writer()
+        .try_init();
     let l = Loop::start(&backend).await;
     let email = "loop@example.com";
 
@@ -440,10 +444,17 @@ async fn full_loop(backend: Backend) {
         spent += e.cost.amount();
     }
 
-    // The usage job charges the wallet exactly; the user's usage report shows it.
+    // The usage job charges the wallet exactly; the user's usage report shows it once the
+    // rollup job (every five minutes in the scheduler) has run.
     l.charge_usage().await;
     assert_eq!(l.balance(&user).await, Decimal::from(10) - spent);
+    let rollup = relay_server::jobs::UsageRollupJob::new(l.state.db.usage_store(), l.clock.clone());
+    let report = relay_server::jobs::Job::run(&rollup).await.unwrap();
+    assert!(report.errors.is_empty(), "{report:?}");
     let usage = l.ok("GET", "/api/user/usage", Some(&user), None).await;
+    for row in usage.as_array().unwrap() {
+        assert_eq!(row["model"], "claude-sonnet-4-5", "{usage}");
+    }
     let reported: Decimal = usage
         .as_array()
         .unwrap()
