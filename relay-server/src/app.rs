@@ -400,6 +400,13 @@ impl Gateway {
         }
         tracing::info!(accounts = loaded.len(), "upstream accounts loaded");
         let pools = Arc::new(Pools::new(&loaded));
+        let api_state = api_state.with_audit(audit.clone()).with_upstreams(
+            crate::api::admin::upstreams::UpstreamAdmin::new(
+                db.clone(),
+                Arc::new(cipher),
+                Arc::clone(&pools),
+            ),
+        );
         let relay = Relay::new(pools, config.timeouts)
             .map_err(|e| ServerError::Startup(format!("HTTP client: {e}")))?;
         let (book, models, price_source) = load_prices(config.price_catalog.as_ref())?;

@@ -395,6 +395,15 @@ impl BillingStore for SqlBillingStore {
     ) -> Result<SubscriptionChange> {
         retrying!(self.cancel_impl(id, at_period_end, actor, now))
     }
+    async fn extend(
+        &self,
+        id: &SubscriptionId,
+        days: u32,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<SubscriptionChange> {
+        retrying!(self.extend_impl(id, days, actor, now))
+    }
     async fn upgrade(
         &self,
         id: &SubscriptionId,

@@ -481,6 +481,55 @@ impl SqlBillingStore {
         })
     }
 
+    pub(super) async fn extend_impl(
+        &self,
+        id: &SubscriptionId,
+        days: u32,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<SubscriptionChange> {
+        if !(1..=3660).contains(&days) {
+            return Err(BillingError::InvalidInput("days must be 1 to 3660".into()));
+        }
+        let mut db = self.pool.begin().await?;
+        let mut sub = must_sub(&mut db, id).await?;
+        if !matches!(
+            sub.status,
+            SubscriptionStatus::Trialing | SubscriptionStatus::Active
+        ) {
+            return Err(BillingError::IllegalTransition {
+                kind: "subscription",
+                state: sub.status.as_str().to_owned(),
+                action: "extend",
+            });
+        }
+        let Some(end) = sub.period_end else {
+            return Err(BillingError::InvalidInput(
+                "a one-off plan has no period end to extend".into(),
+            ));
+        };
+        let previous = end;
+        sub.period_end = Some(from_ts(ts(end + chrono::Duration::days(i64::from(days))))?);
+        save_sub(&mut db, &mut sub).await?;
+        log_transition(
+            &mut db,
+            &sub,
+            Some(sub.status),
+            "extended",
+            actor,
+            serde_json::json!({ "days": days, "previous_period_end": previous }),
+            now,
+        )
+        .await?;
+        db.commit().await?;
+        Ok(SubscriptionChange {
+            subscription: sub,
+            keys: KeyAction::None,
+            transaction: None,
+            invoice: None,
+        })
+    }
+
     pub(super) async fn upgrade_impl(
         &self,
         id: &SubscriptionId,

@@ -12,4 +12,6 @@ pub mod orders;
 pub mod plans;
 pub mod reports;
 pub mod subscriptions;
+pub mod trail;
+pub mod upstreams;
 pub mod users;
