@@ -114,7 +114,7 @@ pub struct ApiState {
     /// The server's audit log: every mutating admin request is recorded there (see
     /// [`admin::trail`]); `None` records nothing (bare test harnesses).
     pub audit: Option<crate::audit::AuditLog>,
-    /// Upstream accounts for the admin routes; `None` answers those routes 503.
+    /// Upstream accounts for the admin routes; `None` answers those routes 404.
     pub upstreams: Option<admin::upstreams::UpstreamAdmin>,
 }
 

@@ -76,8 +76,8 @@ pub async fn search(
         }
         let log = s.audit.as_ref().ok_or_else(|| {
             ApiError::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
+                axum::http::StatusCode::NOT_FOUND,
+                "not_configured",
                 "no admin request log on this server",
             )
         })?;

@@ -120,9 +120,10 @@ pub struct UpstreamChangeBody {
 
 fn upstreams(s: &ApiState) -> ApiResult<&UpstreamAdmin> {
     s.upstreams.as_ref().ok_or_else(|| {
+        // A 4xx: the route exists, but this embedding of the API has no pools to manage.
         ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
+            StatusCode::NOT_FOUND,
+            "not_configured",
             "upstream accounts are not managed by this server",
         )
     })
