@@ -281,6 +281,34 @@ impl Gateway {
             AccountService::new(Arc::clone(&store), notifier, Arc::clone(&clock))
                 .with_key_service(Arc::clone(&keys)),
         );
+        // Billing mails (payment received, past due, plan expiring, low balance) go with
+        // the durable outbox: only when mail is configured.
+        let billing_mails = match &notifications {
+            None => None,
+            Some(n) => {
+                let settings = crate::notify::NotifySettings {
+                    low_balance: vec![relay_core::Money::new(
+                        rust_decimal::Decimal::ONE,
+                        billing.config().default_currency,
+                    )],
+                    ..crate::notify::NotifySettings::default()
+                };
+                let (b, store, acc, n, c) = (
+                    billing.clone(),
+                    billing_sql.clone(),
+                    Arc::clone(&accounts),
+                    n.clone(),
+                    Arc::clone(&clock),
+                );
+                let notifier = crate::db::off_the_async_path(move || {
+                    crate::notify::BillingNotifier::open(b, store, acc, n, c, settings)
+                })
+                .await
+                .map_err(|e| ServerError::Startup(format!("billing mails: {e}")))?
+                .map_err(|e| ServerError::Startup(format!("billing mails: {e}")))?;
+                Some(Arc::new(notifier))
+            }
+        };
         let billing_job = |task| Arc::new(BillingJob::new(billing.clone(), task));
         let scheduler = Arc::new(
             JobScheduler::new(claims, Arc::clone(&clock))
@@ -296,6 +324,10 @@ impl Gateway {
                         Arc::new(UsageFlushJob::new(billing.clone(), source)),
                         Duration::from_secs(60),
                     )
+                })
+                .and_then(|s| match billing_mails {
+                    Some(n) => s.with_job(n, Duration::from_secs(60)),
+                    None => Ok(s),
                 })
                 .map_err(|e| ServerError::Startup(format!("jobs: {e}")))?,
         );

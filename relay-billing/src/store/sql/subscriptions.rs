@@ -64,6 +64,23 @@ pub(crate) async fn load_sub(
     row.as_ref().map(sub_from_row).transpose()
 }
 
+/// Trialing or active subscriptions whose period ends in `(from, to]`, by period end.
+pub(crate) async fn ending_between(
+    c: &mut AnyConnection,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<Subscription>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM billing_subscriptions WHERE status IN ('trialing', 'active') \
+         AND period_end > $1 AND period_end <= $2 ORDER BY period_end, id"
+    ))
+    .bind(ts(from))
+    .bind(ts(to))
+    .fetch_all(&mut *c)
+    .await?;
+    rows.iter().map(sub_from_row).collect()
+}
+
 pub(super) async fn must_sub(c: &mut AnyConnection, id: &SubscriptionId) -> Result<Subscription> {
     load_sub(c, id)
         .await?
