@@ -30,7 +30,8 @@ use crate::config::{AccountConfig, Config};
 use crate::db::Database;
 use crate::demo::{DemoSeed, DemoUpstream};
 use crate::jobs::{
-    BillingJob, BillingTask, JobScheduler, RedisRunClaims, RunClaims, SqlRunClaims, UsageFlushJob,
+    BillingJob, BillingTask, CheckoutLog, JobScheduler, PaymentReconcileJob, RedisRunClaims,
+    RunClaims, SqlRunClaims, UsageFlushJob, UsageRollupJob,
 };
 use crate::notify::{DeliveryWorker, Notifications, Outbox, SmtpMailer};
 use crate::routes::models::{models_from_catalog, ModelEntry};
@@ -309,28 +310,6 @@ impl Gateway {
                 Some(Arc::new(notifier))
             }
         };
-        let billing_job = |task| Arc::new(BillingJob::new(billing.clone(), task));
-        let scheduler = Arc::new(
-            JobScheduler::new(claims, Arc::clone(&clock))
-                .with_job(billing_job(BillingTask::Renewals), Duration::from_secs(60))
-                .and_then(|s| s.with_job(billing_job(BillingTask::Expiry), Duration::from_secs(60)))
-                .and_then(|s| {
-                    s.with_job(billing_job(BillingTask::Dunning), Duration::from_secs(300))
-                })
-                .and_then(|s| {
-                    // Durable usage records into the ledger, each charged once.
-                    let source = Arc::new(crate::usage_charges::RecordUsageSource::new(db.clone()));
-                    s.with_job(
-                        Arc::new(UsageFlushJob::new(billing.clone(), source)),
-                        Duration::from_secs(60),
-                    )
-                })
-                .and_then(|s| match billing_mails {
-                    Some(n) => s.with_job(n, Duration::from_secs(60)),
-                    None => Ok(s),
-                })
-                .map_err(|e| ServerError::Startup(format!("jobs: {e}")))?,
-        );
         let webhook_events = db.webhook_events();
         let throttle: Arc<dyn Throttle> = match &redis {
             Some(conn) => Arc::new(relay_usage::RedisThrottle::new(
@@ -367,6 +346,55 @@ impl Gateway {
             api_state = api_state.with_provider(Arc::new(provider));
         }
 
+        let checkouts = {
+            let (pool, b, c) = (any_pool.clone(), billing.clone(), Arc::clone(&clock));
+            crate::db::off_the_async_path(move || CheckoutLog::open(pool, b, c))
+                .await
+                .map_err(|e| ServerError::Startup(format!("checkout log: {e}")))?
+                .map_err(|e| ServerError::Startup(format!("checkout log: {e}")))?
+        };
+        let api_state = api_state.with_checkouts(checkouts.clone());
+        let billing_job = |task| Arc::new(BillingJob::new(billing.clone(), task));
+        let scheduler = Arc::new(
+            JobScheduler::new(claims, Arc::clone(&clock))
+                .with_job(billing_job(BillingTask::Renewals), Duration::from_secs(60))
+                .and_then(|s| s.with_job(billing_job(BillingTask::Expiry), Duration::from_secs(60)))
+                .and_then(|s| {
+                    s.with_job(billing_job(BillingTask::Dunning), Duration::from_secs(300))
+                })
+                .and_then(|s| {
+                    // Durable usage records into the ledger, each charged once.
+                    let source = Arc::new(crate::usage_charges::RecordUsageSource::new(db.clone()));
+                    s.with_job(
+                        Arc::new(UsageFlushJob::new(billing.clone(), source)),
+                        Duration::from_secs(60),
+                    )
+                })
+                .and_then(|s| {
+                    s.with_job(
+                        Arc::new(UsageRollupJob::new(db.usage_store(), Arc::clone(&clock))),
+                        Duration::from_secs(600),
+                    )
+                })
+                .and_then(|s| {
+                    // Pending orders looked up at the provider their checkout went to.
+                    let providers: Vec<_> = api_state.providers.values().cloned().collect();
+                    s.with_job(
+                        Arc::new(PaymentReconcileJob::new(
+                            providers,
+                            Arc::new(checkouts.clone()),
+                            Arc::new(api_state.processor.clone()),
+                            Arc::clone(&clock),
+                        )),
+                        Duration::from_secs(300),
+                    )
+                })
+                .and_then(|s| match billing_mails {
+                    Some(n) => s.with_job(n, Duration::from_secs(60)),
+                    None => Ok(s),
+                })
+                .map_err(|e| ServerError::Startup(format!("jobs: {e}")))?,
+        );
         // Demo: seed, and point one account per service at the stand-in.
         let mut configured: Vec<AccountConfig> = config.accounts.clone();
         let (demo, demo_upstream) = match &config.demo {

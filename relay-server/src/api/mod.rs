@@ -116,6 +116,8 @@ pub struct ApiState {
     pub audit: Option<crate::audit::AuditLog>,
     /// Upstream accounts for the admin routes; `None` answers those routes 404.
     pub upstreams: Option<admin::upstreams::UpstreamAdmin>,
+    /// Where checkouts are remembered for payment reconciliation; `None`: not kept.
+    pub checkouts: Option<crate::jobs::CheckoutLog>,
 }
 
 impl ApiState {
@@ -147,12 +149,19 @@ impl ApiState {
             config: ApiConfig::default(),
             audit: None,
             upstreams: None,
+            checkouts: None,
         }
     }
 
     /// Record admin requests in `audit`.
     pub fn with_audit(mut self, audit: crate::audit::AuditLog) -> Self {
         self.audit = Some(audit);
+        self
+    }
+
+    /// Remember each checkout's provider and session in `log` (for reconciliation).
+    pub fn with_checkouts(mut self, log: crate::jobs::CheckoutLog) -> Self {
+        self.checkouts = Some(log);
         self
     }
 

@@ -30,6 +30,7 @@
 
 mod builtin;
 pub mod claims;
+mod wiring;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,6 +46,7 @@ pub use builtin::{
 };
 pub use claims::{migrate, Claim, RedisRunClaims, RunClaims, SqlRunClaims};
 pub use relay_billing::jobs::JobReport;
+pub use wiring::{CheckoutLog, UsageRollupJob};
 
 /// Why a job could not be scheduled or claimed.
 #[derive(Debug, thiserror::Error)]
