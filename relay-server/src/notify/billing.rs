@@ -94,6 +94,7 @@ impl std::fmt::Debug for BillingNotifier {
     }
 }
 
+#[allow(clippy::needless_pass_by_value)] // used as `map_err(store_error)`
 fn store_error(e: relay_billing::BillingError) -> NotifyError {
     NotifyError::Invalid(format!("billing: {e}"))
 }
