@@ -470,6 +470,17 @@ impl Gateway {
         let relay = Relay::new(pools, config.timeouts)
             .map_err(|e| ServerError::Startup(format!("HTTP client: {e}")))?;
         let (book, models, price_source) = load_prices(config.price_catalog.as_ref())?;
+        // Admin price overrides: stored ones applied now, changes live through the book.
+        let price_admin = {
+            let (pool, live) = (any_pool.clone(), book.live().clone());
+            crate::db::off_the_async_path(move || {
+                crate::api::admin::prices::PriceAdmin::open(pool, live)
+            })
+            .await
+            .map_err(|e| ServerError::Startup(format!("price overrides: {e}")))?
+            .map_err(|e| ServerError::Startup(format!("price overrides: {e}")))?
+        };
+        let api_state = api_state.with_prices(price_admin);
         let flusher = keys.spawn_use_flusher(Duration::from_secs(5));
         let jobs = scheduler.spawn();
         let usage = Arc::new(MemoryUsageSink::new(1024));

@@ -524,3 +524,124 @@ async fn upstream_accounts_are_managed_and_the_pools_follow() {
     assert!(actions.contains(&"admin.upstreams.delete"));
     assert!(!serde_json::to_string(&trail).unwrap().contains(secret));
 }
+
+#[tokio::test]
+async fn price_overrides_apply_at_once_and_survive_a_restart() {
+    use relay_core::price::TokenPrices;
+    use relay_core::{ModelPrice, PriceBook, Usage};
+    use relay_server::api::admin::prices::PriceAdmin;
+    use rust_decimal::Decimal;
+
+    let mut h = audited().await;
+    let (admin, _) = h.staff("root@example.com", Role::Admin).await;
+    let (operator, _) = h.staff("op@example.com", Role::Operator).await;
+    let (user, _) = h.user("ann@example.com").await;
+    let mut book = PriceBook::empty(relay_core::Currency::USD);
+    book.insert(
+        "claude-sonnet-4-5",
+        ModelPrice::new(TokenPrices::per_million(
+            Decimal::from(3),
+            Decimal::from(15),
+        )),
+    )
+    .unwrap();
+    // The layers hold the book behind an Arc; the admin holds its live overrides.
+    let held = Arc::new(book);
+    let pool = h.state.billing_sql.pool().clone();
+    let admin_prices = PriceAdmin::open(pool.clone(), held.live().clone())
+        .await
+        .unwrap();
+    h.state = h.state.clone().with_prices(admin_prices);
+    h.app = api::router(h.state.clone());
+    let million = Usage {
+        input_tokens: 1_000_000,
+        output_tokens: 1_000_000,
+        cache_write_5m_tokens: 0,
+        cache_write_1h_tokens: 0,
+        cache_read_tokens: 0,
+        requests: 1,
+    };
+    let cost = |b: &PriceBook| b.cost("claude-sonnet-4-5", &million).unwrap().amount();
+    assert_eq!(cost(&held), Decimal::from(18));
+
+    let path = "/api/admin/prices/claude-sonnet-4-5";
+    let (status, _) = h
+        .call(
+            "PUT",
+            path,
+            Some(&user),
+            Some(json!({"input": "1", "output": "2"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // Bad input names the field and changes nothing.
+    for (body, field) in [
+        (json!({"input": "-1", "output": "2"}), "input"),
+        (json!({"input": "1", "output": "abc"}), "output"),
+        (
+            json!({"input": "1", "output": "2", "cache_read": "-0.1"}),
+            "cache_read",
+        ),
+        (json!({"input": 1, "output": "2"}), "input"),
+        (json!({"output": "2"}), "input"),
+        (json!({"input": "", "output": "2"}), "input"),
+    ] {
+        let (status, v) = h.call("PUT", path, Some(&admin), Some(body)).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+        assert_eq!(v["error"]["field"], field, "{v}");
+    }
+    let (status, v) = h
+        .call(
+            "PUT",
+            "/api/admin/prices/bad%20model",
+            Some(&admin),
+            Some(json!({"input": "1", "output": "2"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(v["error"]["field"], "model");
+    assert_eq!(cost(&held), Decimal::from(18));
+    assert_eq!(
+        h.ok("GET", "/api/admin/prices", Some(&admin), None).await,
+        json!([])
+    );
+
+    // Exact decimals, applied to the next cost at once.
+    let v = h
+        .ok(
+            "PUT",
+            path,
+            Some(&operator),
+            Some(json!({"input": "2.125", "output": "10.5"})),
+        )
+        .await;
+    assert_eq!(v["per_million"]["input"], "2.125");
+    assert_eq!(v["per_million"]["output"], "10.5");
+    assert_eq!(cost(&held), "12.625".parse::<Decimal>().unwrap());
+    let listed = h.ok("GET", "/api/admin/prices", Some(&admin), None).await;
+    assert_eq!(listed[0]["model"], "claude-sonnet-4-5");
+
+    // A restart (a fresh book over the same database) keeps it.
+    let fresh = PriceBook::empty(relay_core::Currency::USD);
+    PriceAdmin::open(pool.clone(), fresh.live().clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        fresh.cost("claude-sonnet-4-5", &million).unwrap().amount(),
+        "12.625".parse::<Decimal>().unwrap()
+    );
+
+    // Cleared: the catalog price again; twice is 404.
+    let (status, _) = h.call("DELETE", path, Some(&admin), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(cost(&held), Decimal::from(18));
+    let (status, _) = h.call("DELETE", path, Some(&admin), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let trail = entries(&h, &admin, "target=claude-sonnet-4-5").await;
+    let actions: Vec<&str> = trail
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(actions.contains(&"admin.prices.update"), "{actions:?}");
+    assert!(actions.contains(&"admin.prices.delete"), "{actions:?}");
+}

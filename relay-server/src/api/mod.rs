@@ -118,6 +118,8 @@ pub struct ApiState {
     pub upstreams: Option<admin::upstreams::UpstreamAdmin>,
     /// Where checkouts are remembered for payment reconciliation; `None`: not kept.
     pub checkouts: Option<crate::jobs::CheckoutLog>,
+    /// Price overrides for the admin routes; `None` answers those routes 404.
+    pub prices: Option<admin::prices::PriceAdmin>,
 }
 
 impl ApiState {
@@ -150,6 +152,7 @@ impl ApiState {
             audit: None,
             upstreams: None,
             checkouts: None,
+            prices: None,
         }
     }
 
@@ -162,6 +165,12 @@ impl ApiState {
     /// Remember each checkout's provider and session in `log` (for reconciliation).
     pub fn with_checkouts(mut self, log: crate::jobs::CheckoutLog) -> Self {
         self.checkouts = Some(log);
+        self
+    }
+
+    /// Manage price overrides through `prices`.
+    pub fn with_prices(mut self, prices: admin::prices::PriceAdmin) -> Self {
+        self.prices = Some(prices);
         self
     }
 
@@ -293,6 +302,11 @@ pub fn router(state: ApiState) -> Router {
             "/admin/upstreams/{name}",
             patch(admin::upstreams::update).delete(admin::upstreams::remove),
         )
+        .route("/admin/prices", get(admin::prices::list))
+        .route(
+            "/admin/prices/{model}",
+            axum::routing::put(admin::prices::set).delete(admin::prices::clear),
+        )
         // Runs after routing, on every route above: records mutating admin requests.
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -373,4 +387,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/admin/upstreams"),
     ("PATCH", "/api/admin/upstreams/{name}"),
     ("DELETE", "/api/admin/upstreams/{name}"),
+    ("GET", "/api/admin/prices"),
+    ("PUT", "/api/admin/prices/{model}"),
+    ("DELETE", "/api/admin/prices/{model}"),
 ];

@@ -40,6 +40,7 @@ use super::{admin, user};
         admin::subscriptions::extend,
         admin::upstreams::list, admin::upstreams::create, admin::upstreams::update,
         admin::upstreams::remove,
+        admin::prices::list, admin::prices::set, admin::prices::clear,
     ),
     components(schemas(super::error::ErrorBody, super::error::ErrorDetail)),
 )]

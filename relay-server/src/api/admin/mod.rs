@@ -10,6 +10,7 @@ pub mod codes;
 pub mod money;
 pub mod orders;
 pub mod plans;
+pub mod prices;
 pub mod reports;
 pub mod subscriptions;
 pub mod trail;
