@@ -330,7 +330,8 @@ impl Gateway {
         )
         .with_provider(Arc::new(relay_payments::manual::ManualProvider::new(
             Arc::clone(&clock),
-        )));
+        )))
+        .with_config(config.api.clone());
         if let Some(stripe) = &config.stripe {
             let mut sc = relay_payments::stripe::StripeConfig::new(
                 stripe.secret.clone(),
