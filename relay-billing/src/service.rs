@@ -280,6 +280,17 @@ impl Billing {
         Ok(self.applied(change).await)
     }
 
+    /// Extend the current period by `days` (admin goodwill; audited as `actor`).
+    pub async fn extend(
+        &self,
+        id: &SubscriptionId,
+        days: u32,
+        actor: &str,
+    ) -> Result<SubscriptionChange> {
+        let change = self.store.extend(id, days, actor, self.now()).await?;
+        Ok(self.applied(change).await)
+    }
+
     /// Cancel now (keys suspended) or at the end of the period.
     pub async fn cancel(
         &self,

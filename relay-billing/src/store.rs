@@ -144,6 +144,15 @@ pub trait BillingStore: Send + Sync + std::fmt::Debug + 'static {
         actor: &str,
         now: DateTime<Utc>,
     ) -> Result<SubscriptionChange>;
+    /// Push the current period's end out by `days` (1 to 3660), free of charge (an
+    /// admin's goodwill); only a trialing or active subscription with a period end.
+    async fn extend(
+        &self,
+        id: &SubscriptionId,
+        days: u32,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<SubscriptionChange>;
     /// Switch to `plan` now: the unused part of the current period is credited, the new
     /// plan's first period is charged from the wallet and starts now.
     async fn upgrade(

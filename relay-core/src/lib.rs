@@ -27,6 +27,6 @@ pub use policy::{
     Budget, BudgetPeriod, BudgetSchedule, ClientFamily, Expiry, KeyPolicy, PolicyError, RateWindow,
     Service,
 };
-pub use price::{ModelPrice, PriceBook, PriceError, SkippedEntry};
+pub use price::{LiveOverrides, ModelPrice, PriceBook, PriceError, SkippedEntry};
 pub use throttle::{Throttle, ThrottleDecision, ThrottleError};
 pub use usage::Usage;

@@ -30,7 +30,8 @@ use crate::config::{AccountConfig, Config};
 use crate::db::Database;
 use crate::demo::{DemoSeed, DemoUpstream};
 use crate::jobs::{
-    BillingJob, BillingTask, JobScheduler, RedisRunClaims, RunClaims, SqlRunClaims, UsageFlushJob,
+    BillingJob, BillingTask, CheckoutLog, JobScheduler, PaymentReconcileJob, RedisRunClaims,
+    RunClaims, SqlRunClaims, UsageFlushJob, UsageRollupJob,
 };
 use crate::notify::{DeliveryWorker, Notifications, Outbox, SmtpMailer};
 use crate::routes::models::{models_from_catalog, ModelEntry};
@@ -339,36 +340,34 @@ impl Gateway {
             accounts = accounts.with_totp(sealed);
         }
         let accounts = Arc::new(accounts);
-        let billing_job = |task| Arc::new(BillingJob::new(billing.clone(), task));
-        let scheduler = Arc::new(
-            JobScheduler::new(claims, Arc::clone(&clock))
-                .with_job(billing_job(BillingTask::Renewals), Duration::from_secs(60))
-                .and_then(|s| s.with_job(billing_job(BillingTask::Expiry), Duration::from_secs(60)))
-                .and_then(|s| {
-                    s.with_job(billing_job(BillingTask::Dunning), Duration::from_secs(300))
+        // Billing mails (payment received, past due, plan expiring, low balance) go with
+        // the durable outbox: only when mail is configured.
+        let billing_mails = match &notifications {
+            None => None,
+            Some(n) => {
+                let settings = crate::notify::NotifySettings {
+                    low_balance: vec![relay_core::Money::new(
+                        rust_decimal::Decimal::ONE,
+                        billing.config().default_currency,
+                    )],
+                    ..crate::notify::NotifySettings::default()
+                };
+                let (b, store, acc, n, c) = (
+                    billing.clone(),
+                    billing_sql.clone(),
+                    Arc::clone(&accounts),
+                    n.clone(),
+                    Arc::clone(&clock),
+                );
+                let notifier = crate::db::off_the_async_path(move || {
+                    crate::notify::BillingNotifier::open(b, store, acc, n, c, settings)
                 })
-                .and_then(|s| {
-                    // Durable usage records into the ledger, each charged once.
-                    let source = Arc::new(crate::usage_charges::RecordUsageSource::new(db.clone()));
-                    s.with_job(
-                        Arc::new(UsageFlushJob::new(billing.clone(), source)),
-                        Duration::from_secs(60),
-                    )
-                })
-                .and_then(|s| {
-                    let job = crate::jobs::AuthPurgeJob::new(
-                        Arc::clone(&accounts),
-                        chrono::Duration::days(7),
-                    );
-                    s.with_job(Arc::new(job), Duration::from_secs(3600))
-                })
-                .and_then(|s| {
-                    let job =
-                        crate::jobs::UsageRollupJob::new(db.usage_store(), Arc::clone(&clock));
-                    s.with_job(Arc::new(job), Duration::from_secs(300))
-                })
-                .map_err(|e| ServerError::Startup(format!("jobs: {e}")))?,
-        );
+                .await
+                .map_err(|e| ServerError::Startup(format!("billing mails: {e}")))?
+                .map_err(|e| ServerError::Startup(format!("billing mails: {e}")))?;
+                Some(Arc::new(notifier))
+            }
+        };
         let webhook_events = db.webhook_events();
         let throttle: Arc<dyn Throttle> = match &redis {
             Some(conn) => Arc::new(relay_usage::RedisThrottle::new(
@@ -392,7 +391,8 @@ impl Gateway {
         )))
         .with_usage_report(Arc::new(crate::api::usage_report::RecordUsageReport(
             db.usage_store(),
-        )));
+        )))
+        .with_config(config.api.clone());
         if let Some(stripe) = &config.stripe {
             let mut sc = relay_payments::stripe::StripeConfig::new(
                 stripe.secret.clone(),
@@ -408,6 +408,63 @@ impl Gateway {
             api_state = api_state.with_provider(Arc::new(provider));
         }
 
+        let checkouts = {
+            let (pool, b, c) = (any_pool.clone(), billing.clone(), Arc::clone(&clock));
+            crate::db::off_the_async_path(move || CheckoutLog::open(pool, b, c))
+                .await
+                .map_err(|e| ServerError::Startup(format!("checkout log: {e}")))?
+                .map_err(|e| ServerError::Startup(format!("checkout log: {e}")))?
+        };
+        let api_state = api_state.with_checkouts(checkouts.clone());
+        let billing_job = |task| Arc::new(BillingJob::new(billing.clone(), task));
+        let scheduler = Arc::new(
+            JobScheduler::new(claims, Arc::clone(&clock))
+                .with_job(billing_job(BillingTask::Renewals), Duration::from_secs(60))
+                .and_then(|s| s.with_job(billing_job(BillingTask::Expiry), Duration::from_secs(60)))
+                .and_then(|s| {
+                    s.with_job(billing_job(BillingTask::Dunning), Duration::from_secs(300))
+                })
+                .and_then(|s| {
+                    // Durable usage records into the ledger, each charged once.
+                    let source = Arc::new(crate::usage_charges::RecordUsageSource::new(db.clone()));
+                    s.with_job(
+                        Arc::new(UsageFlushJob::new(billing.clone(), source)),
+                        Duration::from_secs(60),
+                    )
+                })
+                .and_then(|s| {
+                    // The usage-by-day routes read these rollups: at most five minutes behind.
+                    s.with_job(
+                        Arc::new(UsageRollupJob::new(db.usage_store(), Arc::clone(&clock))),
+                        Duration::from_secs(300),
+                    )
+                })
+                .and_then(|s| {
+                    let job = crate::jobs::AuthPurgeJob::new(
+                        Arc::clone(&accounts),
+                        chrono::Duration::days(7),
+                    );
+                    s.with_job(Arc::new(job), Duration::from_secs(3600))
+                })
+                .and_then(|s| {
+                    // Pending orders looked up at the provider their checkout went to.
+                    let providers: Vec<_> = api_state.providers.values().cloned().collect();
+                    s.with_job(
+                        Arc::new(PaymentReconcileJob::new(
+                            providers,
+                            Arc::new(checkouts.clone()),
+                            Arc::new(api_state.processor.clone()),
+                            Arc::clone(&clock),
+                        )),
+                        Duration::from_secs(300),
+                    )
+                })
+                .and_then(|s| match billing_mails {
+                    Some(n) => s.with_job(n, Duration::from_secs(60)),
+                    None => Ok(s),
+                })
+                .map_err(|e| ServerError::Startup(format!("jobs: {e}")))?,
+        );
         // Demo: seed, and point one account per service at the stand-in.
         let mut configured: Vec<AccountConfig> = config.accounts.clone();
         let (demo, demo_upstream) = match &config.demo {
@@ -473,9 +530,27 @@ impl Gateway {
         }
         tracing::info!(accounts = loaded.len(), "upstream accounts loaded");
         let pools = Arc::new(Pools::new(&loaded));
+        let api_state = api_state.with_audit(audit.clone()).with_upstreams(
+            crate::api::admin::upstreams::UpstreamAdmin::new(
+                db.clone(),
+                Arc::new(cipher),
+                Arc::clone(&pools),
+            ),
+        );
         let relay = Relay::new(pools, config.timeouts)
             .map_err(|e| ServerError::Startup(format!("HTTP client: {e}")))?;
         let (book, models, price_source) = load_prices(config.price_catalog.as_ref())?;
+        // Admin price overrides: stored ones applied now, changes live through the book.
+        let price_admin = {
+            let (pool, live) = (any_pool.clone(), book.live().clone());
+            crate::db::off_the_async_path(move || {
+                crate::api::admin::prices::PriceAdmin::open(pool, live)
+            })
+            .await
+            .map_err(|e| ServerError::Startup(format!("price overrides: {e}")))?
+            .map_err(|e| ServerError::Startup(format!("price overrides: {e}")))?
+        };
+        let api_state = api_state.with_prices(price_admin);
         let flusher = keys.spawn_use_flusher(Duration::from_secs(5));
         let jobs = scheduler.spawn();
         let usage = Arc::new(MemoryUsageSink::new(1024));

@@ -27,6 +27,10 @@
 //! | `SMTP_USERNAME`, `SMTP_PASSWORD` | unset | SMTP credentials (both or neither) |
 //! | `SMTP_FROM` | required with SMTP | the `From:` mailbox, like `Relay <no-reply@example.com>` |
 //! | `RELAY_PUBLIC_URL` | required with SMTP | the base URL of links in mails (http(s)) |
+//! | `RELAY_CORS_ORIGINS` | unset (no CORS) | origins allowed to call `/api` from a browser, comma-separated (`https://app.example.com`; no wildcard) |
+//! | `RELAY_API_MAX_BODY_BYTES` | `65536` | largest JSON body `/api` accepts (1024 to 16777216) |
+//! | `RELAY_LIMIT_REGISTER`, `RELAY_LIMIT_LOGIN`, `RELAY_LIMIT_RESET`, `RELAY_LIMIT_CHECKOUT` | `10/3600`, `20/900`, `5/3600`, `30/3600` | attempts per window as `MAX/SECONDS`: registrations and resets per client IP, logins per IP and address, checkouts and top-ups per user |
+//! | `RELAY_TRUST_FORWARDED_FOR` | `false` | take the client IP (for the limits above) from `X-Forwarded-For`; only behind a proxy that sets it |
 //!
 //! The product API (`/api/user/...`, `/api/admin/...`, `/webhooks/...`) runs on the same
 //! database: billing, webhook events and durable usage records are migrated at start-up.
@@ -206,6 +210,27 @@ pub struct Args {
     /// Base URL of links in mails.
     #[arg(long, env = "RELAY_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Origins allowed by CORS on `/api`, comma-separated (`https://app.example.com`).
+    #[arg(long, env = "RELAY_CORS_ORIGINS")]
+    pub cors_origins: Option<String>,
+    /// Largest JSON body accepted by `/api`, in bytes.
+    #[arg(long, env = "RELAY_API_MAX_BODY_BYTES")]
+    pub api_max_body_bytes: Option<usize>,
+    /// Registrations per client IP, as MAX/SECONDS.
+    #[arg(long, env = "RELAY_LIMIT_REGISTER")]
+    pub limit_register: Option<String>,
+    /// Logins per client IP and address, as MAX/SECONDS.
+    #[arg(long, env = "RELAY_LIMIT_LOGIN")]
+    pub limit_login: Option<String>,
+    /// Password reset requests per client IP, as MAX/SECONDS.
+    #[arg(long, env = "RELAY_LIMIT_RESET")]
+    pub limit_reset: Option<String>,
+    /// Checkouts and top-ups per user, as MAX/SECONDS.
+    #[arg(long, env = "RELAY_LIMIT_CHECKOUT")]
+    pub limit_checkout: Option<String>,
+    /// Take the client IP from `X-Forwarded-For` (only behind a proxy that sets it).
+    #[arg(long, env = "RELAY_TRUST_FORWARDED_FOR")]
+    pub trust_forwarded_for: Option<bool>,
 }
 
 impl Default for Args {
@@ -241,6 +266,13 @@ impl Default for Args {
             smtp_password: None,
             smtp_from: None,
             public_url: None,
+            cors_origins: None,
+            api_max_body_bytes: None,
+            limit_register: None,
+            limit_login: None,
+            limit_reset: None,
+            limit_checkout: None,
+            trust_forwarded_for: None,
         }
     }
 }
@@ -615,6 +647,8 @@ pub struct Config {
     pub stripe: Option<StripeSettings>,
     /// Mail delivery, when SMTP is configured.
     pub mail: Option<MailSettings>,
+    /// The REST API's settings (CORS, body limit, rate limits, proxy trust).
+    pub api: crate::api::ApiConfig,
 }
 
 const DEFAULT_DATABASE: &str = "sqlite://relay.db";
@@ -797,6 +831,7 @@ impl Config {
         }
         let stripe = stripe_settings(args)?;
         let mail = mail_settings(args)?;
+        let api = api_settings(args)?;
         Ok(Self {
             database,
             redis_url,
@@ -810,13 +845,160 @@ impl Config {
             accounts,
             stripe,
             mail,
+            api,
         })
     }
+}
+
+/// A rate limit written `MAX/SECONDS` (like `10/3600`).
+fn rate_limit(
+    name: &'static str,
+    raw: Option<&str>,
+    default: crate::api::RateLimit,
+) -> Result<crate::api::RateLimit, ConfigError> {
+    let Some(raw) = raw.map(str::trim).filter(|r| !r.is_empty()) else {
+        return Ok(default);
+    };
+    let bad = || ConfigError::Range {
+        name,
+        expected: "MAX/SECONDS with MAX 1 to 1000000 and SECONDS 1 to 86400 (like 10/3600)",
+    };
+    let (max, secs) = raw.split_once('/').ok_or_else(bad)?;
+    let max: u32 = max.trim().parse().map_err(|_| bad())?;
+    let secs: u64 = secs.trim().parse().map_err(|_| bad())?;
+    if !(1..=1_000_000).contains(&max) || !(1..=86_400).contains(&secs) {
+        return Err(bad());
+    }
+    Ok(crate::api::RateLimit::new(max, Duration::from_secs(secs)))
+}
+
+fn api_settings(args: &Args) -> Result<crate::api::ApiConfig, ConfigError> {
+    let d = crate::api::ApiConfig::default();
+    let mut cors_origins = Vec::new();
+    for o in args
+        .cors_origins
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+    {
+        // An origin is scheme://host[:port], nothing more: browsers send exactly that.
+        let ok = url::Url::parse(o).ok().is_some_and(|u| {
+            matches!(u.scheme(), "http" | "https")
+                && u.host_str().is_some()
+                && u.path() == "/"
+                && u.query().is_none()
+                && u.username().is_empty()
+                && !o.trim_end_matches('/').ends_with(':')
+        }) && !o.contains('*');
+        if !ok {
+            return Err(ConfigError::Range {
+                name: "RELAY_CORS_ORIGINS",
+                expected: "comma-separated origins like https://app.example.com (scheme, host and port only; no wildcard)",
+            });
+        }
+        cors_origins.push(o.trim_end_matches('/').to_owned());
+    }
+    let max_body_bytes = args.api_max_body_bytes.unwrap_or(d.max_body_bytes);
+    if !(1024..=16 * 1024 * 1024).contains(&max_body_bytes) {
+        return Err(ConfigError::Range {
+            name: "RELAY_API_MAX_BODY_BYTES",
+            expected: "between 1024 and 16777216",
+        });
+    }
+    Ok(crate::api::ApiConfig {
+        max_body_bytes,
+        cors_origins,
+        register_limit: rate_limit(
+            "RELAY_LIMIT_REGISTER",
+            args.limit_register.as_deref(),
+            d.register_limit,
+        )?,
+        login_limit: rate_limit(
+            "RELAY_LIMIT_LOGIN",
+            args.limit_login.as_deref(),
+            d.login_limit,
+        )?,
+        reset_limit: rate_limit(
+            "RELAY_LIMIT_RESET",
+            args.limit_reset.as_deref(),
+            d.reset_limit,
+        )?,
+        checkout_limit: rate_limit(
+            "RELAY_LIMIT_CHECKOUT",
+            args.limit_checkout.as_deref(),
+            d.checkout_limit,
+        )?,
+        session_cookie: d.session_cookie,
+        trust_forwarded_for: args.trust_forwarded_for.unwrap_or(d.trust_forwarded_for),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn api_settings_come_from_the_environment_and_are_checked() {
+        let ok = Args {
+            cors_origins: Some("https://app.example.com, http://localhost:5173/".into()),
+            api_max_body_bytes: Some(4096),
+            limit_login: Some("5/60".into()),
+            trust_forwarded_for: Some(true),
+            ..Args::default()
+        };
+        let c = Config::from_args(&ok).unwrap();
+        assert_eq!(
+            c.api.cors_origins,
+            ["https://app.example.com", "http://localhost:5173"]
+        );
+        assert_eq!(c.api.max_body_bytes, 4096);
+        assert_eq!(
+            c.api.login_limit,
+            crate::api::RateLimit::new(5, Duration::from_secs(60))
+        );
+        assert_eq!(
+            c.api.register_limit,
+            crate::api::ApiConfig::default().register_limit
+        );
+        assert!(c.api.trust_forwarded_for);
+        let bad = |a: Args, name: &str| {
+            let e = Config::from_args(&a).unwrap_err();
+            assert!(e.to_string().contains(name), "{e}");
+        };
+        for origin in [
+            "*",
+            "https://*.example.com",
+            "ftp://x.example",
+            "https://a.example/path",
+            "nonsense",
+        ] {
+            bad(
+                Args {
+                    cors_origins: Some(origin.into()),
+                    ..Args::default()
+                },
+                "RELAY_CORS_ORIGINS",
+            );
+        }
+        bad(
+            Args {
+                api_max_body_bytes: Some(10),
+                ..Args::default()
+            },
+            "RELAY_API_MAX_BODY_BYTES",
+        );
+        for limit in ["10", "0/60", "10/0", "ten/60", "10/90000"] {
+            bad(
+                Args {
+                    limit_checkout: Some(limit.into()),
+                    ..Args::default()
+                },
+                "RELAY_LIMIT_CHECKOUT",
+            );
+        }
+    }
 
     fn args(db: &str, redis: Option<&str>, bind: &str) -> Args {
         Args {

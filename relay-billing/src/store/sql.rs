@@ -86,6 +86,30 @@ impl SqlBillingStore {
         &self.pool
     }
 
+    /// Billing events after `seq` (exclusive), oldest first, at most `limit`: for
+    /// consumers that tail the log (notifications) with a cursor of their own.
+    pub async fn events_after(&self, seq: i64, limit: i64) -> Result<Vec<BillingEvent>> {
+        let rows = sqlx::query(
+            "SELECT seq, kind, subject, user_id, detail, at FROM billing_events WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(seq)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    /// Trialing or active subscriptions whose current period ends in `(from, to]`
+    /// (reminders before a plan ends).
+    pub async fn subscriptions_ending_between(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<Subscription>> {
+        let mut c = self.pool.acquire().await?;
+        subscriptions::ending_between(&mut c, from, to).await
+    }
+
     /// Apply the schema migrations that have not been applied yet. Safe to call at every
     /// start-up, from several instances at once.
     pub async fn migrate(&self) -> Result<()> {
@@ -394,6 +418,15 @@ impl BillingStore for SqlBillingStore {
         now: DateTime<Utc>,
     ) -> Result<SubscriptionChange> {
         retrying!(self.cancel_impl(id, at_period_end, actor, now))
+    }
+    async fn extend(
+        &self,
+        id: &SubscriptionId,
+        days: u32,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<SubscriptionChange> {
+        retrying!(self.extend_impl(id, days, actor, now))
     }
     async fn upgrade(
         &self,

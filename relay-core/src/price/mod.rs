@@ -21,6 +21,7 @@
 //! Google bill long context. With several tiers, the highest one exceeded applies.
 
 mod catalog;
+mod live;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,6 +35,7 @@ use crate::policy::model_matches;
 use crate::usage::Usage;
 
 pub use catalog::SkippedEntry;
+pub use live::LiveOverrides;
 
 /// Why a price could not be found or computed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -205,12 +207,33 @@ pub struct PriceBook {
     multipliers: Vec<(String, Decimal)>,
     global_multiplier: Decimal,
     default_price: Option<Arc<ModelPrice>>,
+    /// Set while running; shared by clones of this book.
+    live: LiveOverrides,
 }
 
 impl Default for PriceBook {
     fn default() -> Self {
         Self::empty(Currency::USD)
     }
+}
+
+/// Try `f` on the names `model` may be known by: as given, lower-case, without a
+/// provider prefix, without a date suffix; the first hit wins.
+fn each_name<T>(model: &str, mut f: impl FnMut(&str) -> Option<T>) -> Option<T> {
+    if let Some(v) = f(model) {
+        return Some(v);
+    }
+    let lower = model.to_ascii_lowercase();
+    let unprefixed = lower.rsplit('/').next().unwrap_or(&lower);
+    let found = [
+        Some(lower.as_str()),
+        Some(unprefixed),
+        strip_date(unprefixed),
+    ]
+    .into_iter()
+    .flatten()
+    .find_map(f);
+    found
 }
 
 /// Strip a trailing date such as `-20250929`, `@20250929` or `-2024-08-06`.
@@ -246,7 +269,15 @@ impl PriceBook {
             multipliers: Vec::new(),
             global_multiplier: Decimal::ONE,
             default_price: None,
+            live: LiveOverrides::default(),
         }
+    }
+
+    /// The live overrides (admin changes while running): they apply to [`cost`](Self::cost)
+    /// at once, in every holder of this book and its clones, ahead of everything else.
+    /// [`lookup`](Self::lookup) shows the configured prices only.
+    pub fn live(&self) -> &LiveOverrides {
+        &self.live
     }
 
     /// The currency costs are in.
@@ -357,18 +388,8 @@ impl PriceBook {
     /// unprefixed name, or the configured default.
     pub fn lookup(&self, model: &str) -> Result<&ModelPrice, PriceError> {
         let model = model.trim();
-        let lower = model.to_ascii_lowercase();
-        let unprefixed = lower.rsplit('/').next().unwrap_or(&lower);
-        let candidates = [
-            Some(model),
-            Some(lower.as_str()),
-            Some(unprefixed),
-            strip_date(unprefixed),
-        ];
-        for name in candidates.into_iter().flatten() {
-            if let Some(p) = self.find(name) {
-                return Ok(p);
-            }
+        if let Some(p) = each_name(model, |name| self.find(name)) {
+            return Ok(p);
         }
         self.default_price
             .as_deref()
@@ -388,8 +409,15 @@ impl PriceBook {
     /// The exact cost of `usage` on `model`, multipliers included. Never rounded: rounding
     /// to the currency's minor unit happens once, on the invoice.
     pub fn cost(&self, model: &str, usage: &Usage) -> Result<Money, PriceError> {
-        let price = self.lookup(model)?;
-        let raw = price.cost(usage)?;
+        let live = self.live.load();
+        // Without live overrides (the usual case) this is the one extra step: a load.
+        let raw = match (!live.is_empty())
+            .then(|| each_name(model.trim(), |name| live.get(name)))
+            .flatten()
+        {
+            Some(p) => p.cost(usage)?,
+            None => self.lookup(model)?.cost(usage)?,
+        };
         let amount = raw
             .checked_mul(self.multiplier(model))
             .ok_or(PriceError::Money(MoneyError::Overflow))?;

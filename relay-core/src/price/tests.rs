@@ -213,3 +213,59 @@ fn missing_file_is_a_clear_error() {
     let err = PriceBook::load_litellm_file("/nonexistent/prices.json").unwrap_err();
     assert!(err.to_string().contains("/nonexistent/prices.json"));
 }
+
+#[test]
+fn live_overrides_apply_at_once_to_every_clone() {
+    let mut book = PriceBook::empty(Currency::USD);
+    book.insert(
+        "claude-sonnet-4-5-20250929",
+        ModelPrice::new(TokenPrices::per_million(dec!(3), dec!(15))),
+    )
+    .unwrap();
+    book.index_aliases();
+    let held = Arc::new(book.clone());
+    let u = usage(1_000_000, 0, 0, 0, 0);
+    assert_eq!(
+        held.cost("claude-sonnet-4-5", &u).unwrap().amount(),
+        dec!(3)
+    );
+    book.live()
+        .set(
+            "claude-sonnet-4-5",
+            ModelPrice::new(TokenPrices::per_million(dec!(2.5), dec!(10))),
+        )
+        .unwrap();
+    // The clone held elsewhere sees it, under every name of the model.
+    assert_eq!(
+        held.cost("claude-sonnet-4-5", &u).unwrap().amount(),
+        dec!(2.5)
+    );
+    assert_eq!(
+        held.cost("anthropic/Claude-Sonnet-4-5-20250929", &u)
+            .unwrap()
+            .amount(),
+        dec!(2.5)
+    );
+    // lookup keeps showing the configured price.
+    assert_eq!(
+        held.lookup("claude-sonnet-4-5").unwrap().base.input,
+        dec!(3) / dec!(1000000)
+    );
+    // Negative prices are refused and change nothing.
+    let bad = ModelPrice::new(TokenPrices::per_million(dec!(-1), dec!(10)));
+    assert!(matches!(
+        book.live().set("claude-sonnet-4-5", bad),
+        Err(PriceError::Negative(_))
+    ));
+    assert_eq!(
+        held.cost("claude-sonnet-4-5", &u).unwrap().amount(),
+        dec!(2.5)
+    );
+    assert_eq!(book.live().list().len(), 1);
+    assert!(book.live().clear("claude-sonnet-4-5"));
+    assert!(!book.live().clear("claude-sonnet-4-5"));
+    assert_eq!(
+        held.cost("claude-sonnet-4-5", &u).unwrap().amount(),
+        dec!(3)
+    );
+}

@@ -111,6 +111,15 @@ pub struct ApiState {
     pub clock: SharedClock,
     /// Settings.
     pub config: ApiConfig,
+    /// The server's audit log: every mutating admin request is recorded there (see
+    /// [`admin::trail`]); `None` records nothing (bare test harnesses).
+    pub audit: Option<crate::audit::AuditLog>,
+    /// Upstream accounts for the admin routes; `None` answers those routes 404.
+    pub upstreams: Option<admin::upstreams::UpstreamAdmin>,
+    /// Where checkouts are remembered for payment reconciliation; `None`: not kept.
+    pub checkouts: Option<crate::jobs::CheckoutLog>,
+    /// Price overrides for the admin routes; `None` answers those routes 404.
+    pub prices: Option<admin::prices::PriceAdmin>,
 }
 
 impl ApiState {
@@ -140,7 +149,35 @@ impl ApiState {
             throttle,
             clock,
             config: ApiConfig::default(),
+            audit: None,
+            upstreams: None,
+            checkouts: None,
+            prices: None,
         }
+    }
+
+    /// Record admin requests in `audit`.
+    pub fn with_audit(mut self, audit: crate::audit::AuditLog) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
+    /// Remember each checkout's provider and session in `log` (for reconciliation).
+    pub fn with_checkouts(mut self, log: crate::jobs::CheckoutLog) -> Self {
+        self.checkouts = Some(log);
+        self
+    }
+
+    /// Manage price overrides through `prices`.
+    pub fn with_prices(mut self, prices: admin::prices::PriceAdmin) -> Self {
+        self.prices = Some(prices);
+        self
+    }
+
+    /// Manage upstream accounts through `upstreams`.
+    pub fn with_upstreams(mut self, upstreams: admin::upstreams::UpstreamAdmin) -> Self {
+        self.upstreams = Some(upstreams);
+        self
     }
 
     /// Offer `provider` at checkout and receive its webhooks at `/webhooks/<name>`.
@@ -255,6 +292,28 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/admin/reports/overdue", get(reports::overdue))
         .route("/admin/audit", get(audit::search))
+        .route(
+            "/admin/subscriptions/{id}/extend",
+            post(subscriptions::extend),
+        )
+        .route(
+            "/admin/upstreams",
+            get(admin::upstreams::list).post(admin::upstreams::create),
+        )
+        .route(
+            "/admin/upstreams/{name}",
+            patch(admin::upstreams::update).delete(admin::upstreams::remove),
+        )
+        .route("/admin/prices", get(admin::prices::list))
+        .route(
+            "/admin/prices/{model}",
+            axum::routing::put(admin::prices::set).delete(admin::prices::clear),
+        )
+        // Runs after routing, on every route above: records mutating admin requests.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admin::trail::record,
+        ))
         .fallback(security::not_found)
         .method_not_allowed_fallback(security::method_not_allowed);
     let config = state.config.clone();
@@ -328,4 +387,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/admin/reports/usage-vs-revenue"),
     ("GET", "/api/admin/reports/overdue"),
     ("GET", "/api/admin/audit"),
+    ("POST", "/api/admin/subscriptions/{id}/extend"),
+    ("GET", "/api/admin/upstreams"),
+    ("POST", "/api/admin/upstreams"),
+    ("PATCH", "/api/admin/upstreams/{name}"),
+    ("DELETE", "/api/admin/upstreams/{name}"),
+    ("GET", "/api/admin/prices"),
+    ("PUT", "/api/admin/prices/{model}"),
+    ("DELETE", "/api/admin/prices/{model}"),
 ];

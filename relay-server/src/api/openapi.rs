@@ -39,6 +39,10 @@ use super::{admin, user};
         admin::reports::revenue, admin::reports::subscriptions,
         admin::reports::usage_vs_revenue, admin::reports::overdue,
         admin::audit::search,
+        admin::subscriptions::extend,
+        admin::upstreams::list, admin::upstreams::create, admin::upstreams::update,
+        admin::upstreams::remove,
+        admin::prices::list, admin::prices::set, admin::prices::clear,
     ),
     components(schemas(super::error::ErrorBody, super::error::ErrorDetail)),
 )]

@@ -29,7 +29,7 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
-pub use filter::AuditFilter;
+pub use filter::{AuditFilter, MAX_PAGE};
 use sql::Dialect;
 
 const SQLITE: &str = include_str!("../../migrations/server/sqlite/audit.sql");

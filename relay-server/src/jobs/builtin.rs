@@ -283,38 +283,3 @@ impl Job for AuthPurgeJob {
         })
     }
 }
-
-/// Recomputes yesterday's and today's (UTC) usage rollups from the durable usage records,
-/// which the usage-by-day-and-model routes read. Yesterday is included so a day's late
-/// records are counted after midnight.
-#[derive(Debug, Clone)]
-pub struct UsageRollupJob {
-    store: Arc<dyn relay_usage::sink::UsageRecordStore>,
-    clock: SharedClock,
-}
-
-impl UsageRollupJob {
-    /// Roll up `store`'s records.
-    pub fn new(store: Arc<dyn relay_usage::sink::UsageRecordStore>, clock: SharedClock) -> Self {
-        Self { store, clock }
-    }
-}
-
-#[async_trait]
-impl Job for UsageRollupJob {
-    fn name(&self) -> &str {
-        "usage_rollup"
-    }
-
-    async fn run(&self) -> Result<JobReport, String> {
-        let today = self.clock.now().date_naive();
-        let mut report = JobReport::default();
-        for day in [today - chrono::Duration::days(1), today] {
-            match self.store.rollup_day(day).await {
-                Ok(rows) => report.changed += rows,
-                Err(e) => report.errors.push(format!("{day}: {e}")),
-            }
-        }
-        Ok(report)
-    }
-}

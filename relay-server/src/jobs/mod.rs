@@ -30,6 +30,7 @@
 
 mod builtin;
 pub mod claims;
+mod wiring;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,13 +40,14 @@ use relay_core::SharedClock;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
-pub use builtin::{AuthPurgeJob, UsageRollupJob};
+pub use builtin::AuthPurgeJob;
 pub use builtin::{
     BillingJob, BillingTask, FnJob, JobFuture, LedgerReconcileJob, PaymentReconcileJob,
     UsageFlushJob,
 };
 pub use claims::{migrate, Claim, RedisRunClaims, RunClaims, SqlRunClaims};
 pub use relay_billing::jobs::JobReport;
+pub use wiring::{CheckoutLog, UsageRollupJob};
 
 /// Why a job could not be scheduled or claimed.
 #[derive(Debug, thiserror::Error)]

@@ -6,10 +6,12 @@
 //! * [`smtp`]: [`SmtpMailer`], lettre over SMTP.
 //! * [`webhook`]: [`WebhookChannel`], JSON signed with HMAC-SHA256.
 //! * [`worker`]: [`DeliveryWorker`], draining the outbox.
+//! * [`billing`]: [`BillingNotifier`], the job queueing billing's mails.
 //!
 //! [`Notifications`] is what the rest of the server talks to; it implements relay-auth's
 //! [`Notifier`], so account mails go through the outbox too.
 
+pub mod billing;
 pub mod outbox;
 pub mod smtp;
 pub mod template;
@@ -19,6 +21,7 @@ pub mod worker;
 use async_trait::async_trait;
 use relay_auth::{Email, Notice, Notifier};
 
+pub use billing::{BillingNotifier, NotifySettings};
 pub use outbox::{migrate, Channel, Outbox, OutboxItem, RetryPolicy, Status};
 pub use smtp::{MailTransport, SendError, SmtpConfig, SmtpMailer, SmtpTls};
 pub use template::{Rendered, Template};

@@ -258,25 +258,31 @@ impl Pool {
     }
 }
 
-/// One pool per service.
-#[derive(Debug, Default)]
+/// One pool per service. The set is swapped whole by [`Pools::reload`] (admin changes to
+/// upstream accounts); a request keeps the pool it picked from, so a reload never
+/// disturbs one in flight.
+#[derive(Debug)]
 pub struct Pools {
-    anthropic: Pool,
-    openai: Pool,
-    gemini: Pool,
+    current: arc_swap::ArcSwap<PoolSet>,
 }
 
-impl Pools {
-    /// Group `accounts` by service.
-    pub fn new(accounts: &[Arc<Account>]) -> Self {
+#[derive(Debug, Default)]
+struct PoolSet {
+    anthropic: Arc<Pool>,
+    openai: Arc<Pool>,
+    gemini: Arc<Pool>,
+}
+
+impl PoolSet {
+    fn new(accounts: &[Arc<Account>]) -> Self {
         let of = |s: Service| {
-            Pool::new(
+            Arc::new(Pool::new(
                 accounts
                     .iter()
                     .filter(|a| a.service == s)
                     .cloned()
                     .collect(),
-            )
+            ))
         };
         Self {
             anthropic: of(Service::Anthropic),
@@ -284,23 +290,65 @@ impl Pools {
             gemini: of(Service::Gemini),
         }
     }
+}
 
-    /// The pool of `service`.
-    pub fn pool(&self, service: Service) -> &Pool {
-        match service {
-            Service::Anthropic => &self.anthropic,
-            Service::Openai => &self.openai,
-            Service::Gemini => &self.gemini,
+impl Default for Pools {
+    fn default() -> Self {
+        Self::new(&[])
+    }
+}
+
+impl Pools {
+    /// Group `accounts` by service.
+    pub fn new(accounts: &[Arc<Account>]) -> Self {
+        Self {
+            current: arc_swap::ArcSwap::from_pointee(PoolSet::new(accounts)),
         }
     }
 
+    /// The pool of `service` as it is now (one atomic load and a reference count).
+    pub fn pool(&self, service: Service) -> Arc<Pool> {
+        let set = self.current.load();
+        Arc::clone(match service {
+            Service::Anthropic => &set.anthropic,
+            Service::Openai => &set.openai,
+            Service::Gemini => &set.gemini,
+        })
+    }
+
     /// Every account.
-    pub fn all(&self) -> impl Iterator<Item = &Arc<Account>> {
-        self.anthropic
+    pub fn all(&self) -> Vec<Arc<Account>> {
+        let set = self.current.load();
+        set.anthropic
             .accounts()
             .iter()
-            .chain(self.openai.accounts())
-            .chain(self.gemini.accounts())
+            .chain(set.openai.accounts())
+            .chain(set.gemini.accounts())
+            .cloned()
+            .collect()
+    }
+
+    /// Replace the accounts. An account whose name, service, URL, credential and weight
+    /// are unchanged is kept as it is (with its cooldown), so a reload does not hand
+    /// requests back to an account that is cooling down.
+    pub fn reload(&self, accounts: &[Arc<Account>]) {
+        let old = self.all();
+        let merged: Vec<Arc<Account>> = accounts
+            .iter()
+            .map(|a| {
+                old.iter()
+                    .find(|o| {
+                        o.name == a.name
+                            && o.service == a.service
+                            && o.base_url == a.base_url
+                            && o.weight == a.weight
+                            && o.credential.expose() == a.credential.expose()
+                    })
+                    .cloned()
+                    .unwrap_or_else(|| Arc::clone(a))
+            })
+            .collect();
+        self.current.store(Arc::new(PoolSet::new(&merged)));
     }
 }
 

@@ -64,6 +64,23 @@ pub(crate) async fn load_sub(
     row.as_ref().map(sub_from_row).transpose()
 }
 
+/// Trialing or active subscriptions whose period ends in `(from, to]`, by period end.
+pub(crate) async fn ending_between(
+    c: &mut AnyConnection,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<Subscription>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM billing_subscriptions WHERE status IN ('trialing', 'active') \
+         AND period_end > $1 AND period_end <= $2 ORDER BY period_end, id"
+    ))
+    .bind(ts(from))
+    .bind(ts(to))
+    .fetch_all(&mut *c)
+    .await?;
+    rows.iter().map(sub_from_row).collect()
+}
+
 pub(super) async fn must_sub(c: &mut AnyConnection, id: &SubscriptionId) -> Result<Subscription> {
     load_sub(c, id)
         .await?
@@ -476,6 +493,55 @@ impl SqlBillingStore {
         Ok(SubscriptionChange {
             subscription: sub,
             keys,
+            transaction: None,
+            invoice: None,
+        })
+    }
+
+    pub(super) async fn extend_impl(
+        &self,
+        id: &SubscriptionId,
+        days: u32,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<SubscriptionChange> {
+        if !(1..=3660).contains(&days) {
+            return Err(BillingError::InvalidInput("days must be 1 to 3660".into()));
+        }
+        let mut db = self.pool.begin().await?;
+        let mut sub = must_sub(&mut db, id).await?;
+        if !matches!(
+            sub.status,
+            SubscriptionStatus::Trialing | SubscriptionStatus::Active
+        ) {
+            return Err(BillingError::IllegalTransition {
+                kind: "subscription",
+                state: sub.status.as_str().to_owned(),
+                action: "extend",
+            });
+        }
+        let Some(end) = sub.period_end else {
+            return Err(BillingError::InvalidInput(
+                "a one-off plan has no period end to extend".into(),
+            ));
+        };
+        let previous = end;
+        sub.period_end = Some(from_ts(ts(end + chrono::Duration::days(i64::from(days))))?);
+        save_sub(&mut db, &mut sub).await?;
+        log_transition(
+            &mut db,
+            &sub,
+            Some(sub.status),
+            "extended",
+            actor,
+            serde_json::json!({ "days": days, "previous_period_end": previous }),
+            now,
+        )
+        .await?;
+        db.commit().await?;
+        Ok(SubscriptionChange {
+            subscription: sub,
+            keys: KeyAction::None,
             transaction: None,
             invoice: None,
         })

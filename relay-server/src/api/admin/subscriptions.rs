@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 
 use crate::api::dto::SubscriptionDto;
 use crate::api::error::{ApiError, ApiResult, ErrorBody};
-use crate::api::extract::{parse_id, Admin, ApiJson};
+use crate::api::extract::{parse_id, text, Admin, ApiJson};
 use crate::api::ApiState;
 
 /// A plan change.
@@ -86,5 +86,41 @@ pub async fn cancel(
         .billing
         .cancel(&id, body.at_period_end, &admin.actor())
         .await?;
+    Ok(Json(SubscriptionDto::from(&change.subscription)))
+}
+
+/// An extension of the current period.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendBody {
+    /// Days to add to the period's end (1 to 3660).
+    pub days: i64,
+    /// Why (kept in the audit log).
+    pub reason: String,
+}
+
+/// Push a subscription's period end out by some days, free of charge.
+#[utoipa::path(post, path = "/api/admin/subscriptions/{id}/extend", tag = "admin",
+    request_body = ExtendBody,
+    params(("id" = String, Path, description = "subscription id")),
+    responses((status = 200, body = SubscriptionDto), (status = "4XX", body = ErrorBody)))]
+pub async fn extend(
+    State(s): State<ApiState>,
+    admin: Admin,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<ExtendBody>,
+) -> ApiResult<Json<SubscriptionDto>> {
+    admin.require(Permission::ManageUsers)?;
+    let id: SubscriptionId = parse_id("id", &id)?;
+    let days = u32::try_from(body.days)
+        .ok()
+        .filter(|d| (1..=3660).contains(d))
+        .ok_or_else(|| ApiError::invalid("days", "days must be 1 to 3660"))?;
+    text("reason", &body.reason, 1, 500)?;
+    let change = s
+        .billing
+        .extend(&id, days, &admin.actor())
+        .await
+        .map_err(|e| ApiError::from(e).on_field("days"))?;
     Ok(Json(SubscriptionDto::from(&change.subscription)))
 }

@@ -103,6 +103,13 @@ async fn start_checkout(
     req.success_url = urls.0;
     req.cancel_url = urls.1;
     let checkout = provider.create_checkout(&req).await?;
+    if let Some(log) = &s.checkouts {
+        // Without it, reconciliation cannot ask the provider; the webhook still settles.
+        let reference = Some(checkout.provider_reference.as_str());
+        if let Err(e) = log.record(&order.id, provider.name(), reference).await {
+            tracing::warn!(order = %order.id, error = %e, "checkout not recorded for reconciliation");
+        }
+    }
     Ok(CheckoutDto {
         order: OrderDto::from(&order),
         provider_reference: checkout.provider_reference,
