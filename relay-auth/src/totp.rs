@@ -62,6 +62,12 @@ fn new_recovery_code() -> String {
 }
 
 impl AccountService {
+    /// Whether TOTP can be used here (a key to seal secrets was configured with
+    /// [`with_totp`](Self::with_totp)).
+    pub fn totp_available(&self) -> bool {
+        self.totp_box.is_some()
+    }
+
     fn secret_box(&self) -> Result<&SecretBox, AuthError> {
         self.totp_box
             .as_ref()

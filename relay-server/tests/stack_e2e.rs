@@ -265,3 +265,61 @@ async fn totp_enrolment_works_when_an_encryption_key_is_configured() {
     assert!(!v["recovery_codes"].as_array().unwrap().is_empty());
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_encryption_key_totp_answers_not_configured() {
+    use relay_server::config::{Args, Config};
+    use tower::ServiceExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::load(&Args {
+        database_url: format!("sqlite://{}", dir.path().join("relay.db").display()),
+        price_catalog: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/data/demo_prices.json").into()),
+        ..Args::default()
+    })
+    .unwrap();
+    let gateway = relay_server::Gateway::build(&config).await.unwrap();
+    gateway
+        .state
+        .accounts
+        .create_user("nototp@example.com", PASSWORD, relay_auth::Role::User)
+        .await
+        .unwrap();
+    let call = |path: &str, token: Option<&str>, body: Value| {
+        let mut req = axum::http::Request::post(path).header("content-type", "application/json");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        gateway
+            .router()
+            .oneshot(req.body(axum::body::Body::from(body.to_string())).unwrap())
+    };
+    let res = call(
+        "/api/user/login",
+        None,
+        json!({"email": "nototp@example.com", "password": PASSWORD}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 200);
+    let body = axum::body::to_bytes(res.into_body(), 1 << 16)
+        .await
+        .unwrap();
+    let token = serde_json::from_slice::<Value>(&body).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (path, body) in [
+        ("/api/user/totp/enrol", json!({})),
+        ("/api/user/totp/confirm", json!({"code": "123456"})),
+        ("/api/user/totp/disable", json!({"code": "123456"})),
+    ] {
+        let res = call(path, Some(&token), body).await.unwrap();
+        assert_eq!(res.status(), 404, "{path}");
+        let body = axum::body::to_bytes(res.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "not_configured", "{path}: {v}");
+    }
+}

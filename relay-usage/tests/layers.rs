@@ -329,6 +329,10 @@ async fn denials_answer_in_the_clients_error_shape() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     assert!((1..=120).contains(&retry), "retry-after {retry}");
+    // Which cap refused, its limit and window.
+    assert_eq!(headers["x-ratelimit-limit-requests"], "2");
+    assert_eq!(headers["x-ratelimit-remaining-requests"], "0");
+    assert_eq!(headers["x-ratelimit-window-secs"], "60");
     // Gemini shape on Gemini routes.
     let (status, _, body) = send(
         &svc,

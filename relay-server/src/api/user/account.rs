@@ -317,6 +317,18 @@ pub async fn update_profile(
     Ok(Json(UserDto::from(&fresh)))
 }
 
+/// TOTP needs a key to seal secrets; without one the routes exist but answer 404.
+fn totp_available(s: &ApiState) -> ApiResult<()> {
+    if s.accounts.totp_available() {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_configured",
+        "two-factor authentication is not available on this server (RELAY_ENCRYPTION_KEY is not set)",
+    ))
+}
+
 /// Start TOTP enrolment (confirm it with a code).
 #[utoipa::path(post, path = "/api/user/totp/enrol", tag = "user",
     responses((status = 200, body = TotpEnrolmentDto), (status = "4XX", body = ErrorBody)))]
@@ -324,6 +336,7 @@ pub async fn totp_enrol(
     State(s): State<ApiState>,
     me: Session,
 ) -> ApiResult<Json<TotpEnrolmentDto>> {
+    totp_available(&s)?;
     let e = s.accounts.enrol_totp(&me.user.user.id).await?;
     Ok(Json(TotpEnrolmentDto {
         otpauth_uri: e.otpauth_uri.clone(),
@@ -339,6 +352,7 @@ pub async fn totp_confirm(
     me: Session,
     ApiJson(body): ApiJson<CodeRequest>,
 ) -> ApiResult<Json<OkDto>> {
+    totp_available(&s)?;
     s.accounts
         .confirm_totp(&me.user.user.id, &body.code)
         .await?;
@@ -353,6 +367,7 @@ pub async fn totp_disable(
     me: Session,
     ApiJson(body): ApiJson<CodeRequest>,
 ) -> ApiResult<Json<OkDto>> {
+    totp_available(&s)?;
     s.accounts
         .disable_totp(&me.user.user.id, &body.code)
         .await?;

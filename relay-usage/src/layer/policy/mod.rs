@@ -7,7 +7,8 @@
 //! facts and the permit in its extensions for the
 //! [`MeteringLayer`](crate::layer::metering::MeteringLayer). Refusals answer in the shape
 //! of the API the client speaks: 403 for model, service, client or address, 429 with
-//! `Retry-After` for windows and concurrency, 402 for budgets, 400 for an unreadable body
+//! `Retry-After` for windows and concurrency (a full window also names its cap: limit,
+//! remaining 0, window length), 402 for budgets, 400 for an unreadable body
 //! or an unpriced model, 503 when the limiter cannot decide. Other routes pass through.
 
 mod future;
@@ -21,14 +22,14 @@ use http::{Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use parking_lot::Mutex;
-use relay_core::{PriceBook, Principal, RequestId};
+use relay_core::{KeyPolicy, PriceBook, Principal, RequestId};
 use tower::{Layer, Service};
 
 pub use future::ResponseFuture;
 
 use crate::facts::{describe, price, ApiFlavor, FactsError};
 use crate::layer::error::{denial_kind, error_response, ErrorKind};
-use crate::limiter::{admit, AdmissionRequest, Denial, Limiter, Permit};
+use crate::limiter::{admit, AdmissionRequest, Denial, Limiter, Permit, WindowCap};
 
 /// Default request body limit (10 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 10 << 20;
@@ -133,6 +134,44 @@ fn reject<B>(
     retry: Option<std::time::Duration>,
 ) -> Reply<B> {
     error_response(flavor, kind, message, retry).map(Either::Right)
+}
+
+/// On a full rate window: which cap refused, its limit and window, and that nothing
+/// remains (`x-ratelimit-limit-{requests,tokens,cost}`, `x-ratelimit-remaining-...: 0`,
+/// `x-ratelimit-window-secs`), beside `Retry-After`.
+fn rate_limit_headers(headers: &mut http::HeaderMap, policy: &KeyPolicy, denial: &Denial) {
+    let Denial::RateLimited {
+        window_secs, cap, ..
+    } = denial
+    else {
+        return;
+    };
+    let Some(window) = policy
+        .rate_windows
+        .iter()
+        .find(|w| w.window_secs == *window_secs)
+    else {
+        return;
+    };
+    let limit = match cap {
+        WindowCap::Requests => window.max_requests.map(|n| n.to_string()),
+        WindowCap::Tokens => window.max_tokens.map(|n| n.to_string()),
+        WindowCap::Cost => window.max_cost.as_ref().map(|m| m.amount().to_string()),
+    };
+    let Some(Ok(limit)) = limit.map(|l| http::HeaderValue::from_str(&l)) else {
+        return;
+    };
+    let name = |prefix: &str| {
+        http::HeaderName::from_bytes(format!("{prefix}-{}", cap.as_str()).as_bytes())
+    };
+    if let (Ok(l), Ok(r)) = (name("x-ratelimit-limit"), name("x-ratelimit-remaining")) {
+        headers.insert(l, limit);
+        headers.insert(r, http::HeaderValue::from_static("0"));
+    }
+    headers.insert(
+        "x-ratelimit-window-secs",
+        http::HeaderValue::from(*window_secs),
+    );
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Policy<S>
@@ -264,12 +303,14 @@ where
                 Ok(Ok(p)) => p,
                 Ok(Err(denial)) => {
                     tracing::debug!(reason = denial.reason(), key = %principal.key_id, "request denied");
-                    return Ok(reject(
+                    let mut res = reject(
                         Some(flavor),
                         denial_kind(&denial),
                         &denial.to_string(),
                         denial.retry_after(),
-                    ));
+                    );
+                    rate_limit_headers(res.headers_mut(), &principal.policy, &denial);
+                    return Ok(res);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "limiter unavailable; refusing");
