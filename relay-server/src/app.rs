@@ -458,8 +458,7 @@ impl Gateway {
         }
         tracing::info!(accounts = loaded.len(), "upstream accounts loaded");
         let pools = Arc::new(Pools::new(&loaded));
-        let relay = Relay::new(pools, config.timeouts)
-            .map_err(|e| ServerError::Startup(format!("HTTP client: {e}")))?;
+        let relay = Relay::new(pools, config.timeouts);
         let (book, models, price_source) = load_prices(config.price_catalog.as_ref())?;
         let flusher = keys.spawn_use_flusher(Duration::from_secs(5));
         let jobs = scheduler.spawn();
