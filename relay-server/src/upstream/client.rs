@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{
     header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri,
@@ -118,14 +118,13 @@ impl UpstreamBase {
 
     /// The URI of `path_and_query` (a path from the client's request, query included).
     fn uri(&self, path_and_query: &str) -> Result<Uri, http::Error> {
-        let mut buf = BytesMut::with_capacity(self.path.len() + path_and_query.len());
-        buf.extend_from_slice(join(&self.path, path_and_query).as_bytes());
-        let pq = PathAndQuery::from_maybe_shared(buf.freeze())?;
-        Ok(Uri::builder()
+        // The joined String becomes the URI's bytes without a copy.
+        let pq = PathAndQuery::from_maybe_shared(Bytes::from(join(&self.path, path_and_query)))?;
+        Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
             .path_and_query(pq)
-            .build()?)
+            .build()
     }
 }
 
@@ -418,11 +417,11 @@ impl Relay {
                                 ));
                             }
                             // Nobody left to try: the client gets the upstream's own answer.
-                            return Ok(self.into_response(res));
+                            return Ok(self.stream_response(res));
                         }
                         None => {
                             account.record_success();
-                            return Ok(self.into_response(res));
+                            return Ok(self.stream_response(res));
                         }
                     }
                 }
@@ -432,7 +431,7 @@ impl Relay {
     }
 
     /// The upstream response as ours: status, the forwarded headers, and the body streamed.
-    fn into_response(&self, res: Response<Incoming>) -> Response<Body> {
+    fn stream_response(&self, res: Response<Incoming>) -> Response<Body> {
         let (parts, incoming) = res.into_parts();
         let mut headers = HeaderMap::with_capacity(4);
         for name in FORWARD_RESPONSE {
