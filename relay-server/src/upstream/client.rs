@@ -41,16 +41,27 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Request headers passed to the upstream (everything else, client credentials first, is
 /// dropped).
-const FORWARD_REQUEST: &[&str] = &[
-    "content-type",
-    "accept",
-    "anthropic-version",
-    "anthropic-beta",
-    "openai-beta",
+/// (Header names are constants, not `&str`: a lookup by `&str` parses and validates the
+/// name each time.)
+const FORWARD_REQUEST: [HeaderName; 5] = [
+    header::CONTENT_TYPE,
+    header::ACCEPT,
+    ANTHROPIC_VERSION,
+    HeaderName::from_static("anthropic-beta"),
+    HeaderName::from_static("openai-beta"),
 ];
 
+const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+const X_GOOG_API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
+const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
+
 /// Response headers passed back to the client.
-const FORWARD_RESPONSE: &[&str] = &["content-type", "cache-control", "retry-after"];
+const FORWARD_RESPONSE: [HeaderName; 3] = [
+    header::CONTENT_TYPE,
+    header::CACHE_CONTROL,
+    header::RETRY_AFTER,
+];
 
 /// Why a request could not be relayed.
 #[derive(Debug, thiserror::Error)]
@@ -315,8 +326,8 @@ impl Relay {
         let headers = request.headers_mut();
         headers.reserve(8);
         for name in FORWARD_REQUEST {
-            if let Some(v) = out.headers.get(*name) {
-                headers.insert(HeaderName::from_static(name), v.clone());
+            if let Some(v) = out.headers.get(&name) {
+                headers.insert(name, v.clone());
             }
         }
         // Metering reads the bytes: ask for them uncompressed.
@@ -327,20 +338,20 @@ impl Relay {
         let key = account.credential.expose();
         let auth = match account.service {
             Service::Anthropic => {
-                if !headers.contains_key("anthropic-version") {
-                    headers.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
+                if !headers.contains_key(ANTHROPIC_VERSION) {
+                    headers.insert(ANTHROPIC_VERSION, HeaderValue::from_static("2023-06-01"));
                 }
-                ("x-api-key", HeaderValue::from_str(key))
+                (X_API_KEY, HeaderValue::from_str(key))
             }
             Service::Openai => (
-                "authorization",
+                header::AUTHORIZATION,
                 HeaderValue::from_str(&format!("Bearer {key}")),
             ),
-            Service::Gemini => ("x-goog-api-key", HeaderValue::from_str(key)),
+            Service::Gemini => (X_GOOG_API_KEY, HeaderValue::from_str(key)),
         };
         if let Ok(mut v) = auth.1 {
             v.set_sensitive(true);
-            headers.insert(HeaderName::from_static(auth.0), v);
+            headers.insert(auth.0, v);
         }
         Ok(request)
     }
@@ -435,8 +446,8 @@ impl Relay {
         let (parts, incoming) = res.into_parts();
         let mut headers = HeaderMap::with_capacity(4);
         for name in FORWARD_RESPONSE {
-            if let Some(v) = parts.headers.get(*name) {
-                headers.insert(HeaderName::from_static(name), v.clone());
+            if let Some(v) = parts.headers.get(&name) {
+                headers.insert(name, v.clone());
             }
         }
         let is_sse = headers
@@ -446,7 +457,7 @@ impl Relay {
         if is_sse {
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             // Tell reverse proxies in front of us not to buffer the stream.
-            headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+            headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
         }
         let body = Body::new(IdleBody {
             inner: incoming,
