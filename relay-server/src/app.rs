@@ -537,8 +537,7 @@ impl Gateway {
                 Arc::clone(&pools),
             ),
         );
-        let relay = Relay::new(pools, config.timeouts)
-            .map_err(|e| ServerError::Startup(format!("HTTP client: {e}")))?;
+        let relay = Relay::new(pools, config.timeouts);
         let (book, models, price_source) = load_prices(config.price_catalog.as_ref())?;
         // Admin price overrides: stored ones applied now, changes live through the book.
         let price_admin = {

@@ -70,6 +70,10 @@ impl Loop {
             smtp_tls: Some("none".into()),
             smtp_from: Some("Relay <no-reply@relay.test>".into()),
             public_url: Some("https://relay.example".into()),
+            // The account API's throttles live in the shared Redis, keyed by client address
+            // (127.0.0.1 for every test run): roomy enough that repeated runs never meet them.
+            limit_register: Some("1000/60".into()),
+            limit_login: Some("1000/60".into()),
             ..Args::default()
         };
         match backend {

@@ -5,31 +5,63 @@
 //! down and the request is retried on another account of the pool. Retries happen only
 //! before anything is sent to the client: once an upstream answers with a status we pass
 //! on, its headers and body stream to the client as they arrive, unbuffered.
+//!
+//! The client is hyper's pooled keep-alive client over rustls (webpki roots, ring), HTTP/2
+//! by ALPN for `https` and HTTP/1.1 otherwise. It follows no redirects. Each account's
+//! scheme, authority and path prefix are parsed once ([`UpstreamBase`]): a request only
+//! appends its path.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use bytes::Bytes;
-use futures_util::stream;
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{
+    header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri,
+};
+use http_body::{Body as HttpBody, Frame};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use relay_core::Service;
+use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 use super::pool::{Account, CooldownPolicy, Failure, Pools};
 use crate::config::UpstreamTimeouts;
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Request headers passed to the upstream (everything else, client credentials first, is
 /// dropped).
-const FORWARD_REQUEST: &[&str] = &[
-    "content-type",
-    "accept",
-    "anthropic-version",
-    "anthropic-beta",
-    "openai-beta",
+/// (Header names are constants, not `&str`: a lookup by `&str` parses and validates the
+/// name each time.)
+const FORWARD_REQUEST: [HeaderName; 5] = [
+    header::CONTENT_TYPE,
+    header::ACCEPT,
+    ANTHROPIC_VERSION,
+    HeaderName::from_static("anthropic-beta"),
+    HeaderName::from_static("openai-beta"),
 ];
 
+const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+const X_GOOG_API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
+const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
+
 /// Response headers passed back to the client.
-const FORWARD_RESPONSE: &[&str] = &["content-type", "cache-control", "retry-after"];
+const FORWARD_RESPONSE: [HeaderName; 3] = [
+    header::CONTENT_TYPE,
+    header::CACHE_CONTROL,
+    header::RETRY_AFTER,
+];
 
 /// Why a request could not be relayed.
 #[derive(Debug, thiserror::Error)]
@@ -59,10 +91,91 @@ pub struct Outbound {
     pub sticky: Option<String>,
 }
 
+/// An account's base URL split once into what every request reuses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamBase {
+    scheme: Scheme,
+    authority: Authority,
+    /// The base path without a trailing slash (`""` or `/v1`, `/openai`...).
+    path: String,
+}
+
+impl UpstreamBase {
+    /// Split `base_url`: `None` unless it is an absolute `http`/`https` URL without query
+    /// or fragment.
+    pub fn parse(base_url: &str) -> Option<Self> {
+        if base_url.contains(['?', '#']) {
+            return None;
+        }
+        let parts = base_url.parse::<Uri>().ok()?.into_parts();
+        let scheme = parts.scheme?;
+        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+            return None;
+        }
+        let authority = parts.authority?;
+        if authority.host().is_empty() {
+            return None;
+        }
+        let path = parts
+            .path_and_query
+            .map(|p| p.path().trim_end_matches('/').to_owned())
+            .unwrap_or_default();
+        Some(Self {
+            scheme,
+            authority,
+            path,
+        })
+    }
+
+    /// The URI of `path_and_query` (a path from the client's request, query included).
+    fn uri(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+        // The joined String becomes the URI's bytes without a copy.
+        let pq = PathAndQuery::from_maybe_shared(Bytes::from(join(&self.path, path_and_query)))?;
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(pq)
+            .build()
+    }
+}
+
+/// The TLS-capable connector, its connect timeout covering TCP and TLS both.
+#[derive(Debug, Clone)]
+struct Connector {
+    inner: HttpsConnector<HttpConnector>,
+    timeout: Duration,
+}
+
+/// Connecting took longer than the connect timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("connect timed out")]
+struct ConnectTimeout;
+
+impl tower::Service<Uri> for Connector {
+    type Response = MaybeHttpsStream<TokioIo<TcpStream>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            tokio::time::timeout(timeout, connecting)
+                .await
+                .unwrap_or_else(|_| Err(ConnectTimeout.into()))
+        })
+    }
+}
+
 /// Relays requests to the pools' accounts.
 #[derive(Debug, Clone)]
 pub struct Relay {
-    http: reqwest::Client,
+    http: Client<Connector, Full<Bytes>>,
+    idle: Duration,
     pools: Arc<Pools>,
     cooldowns: CooldownPolicy,
     max_attempts: usize,
@@ -72,7 +185,7 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     headers
         .get(header::RETRY_AFTER)?
         .to_str()
@@ -84,7 +197,7 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 }
 
 /// What a status means for the account that answered it.
-fn failure_of(status: StatusCode, headers: &reqwest::header::HeaderMap) -> Option<Failure> {
+fn failure_of(status: StatusCode, headers: &HeaderMap) -> Option<Failure> {
     match status.as_u16() {
         429 => Some(Failure::RateLimited(retry_after(headers))),
         401 | 403 => Some(Failure::Unauthorized),
@@ -102,40 +215,87 @@ fn join(base: &str, path: &str) -> String {
     }
 }
 
-/// The upstream URL of `path_and_query` on `account`: its parsed base URL with the joined
-/// path and the query set (no full parse per request), or the joined text when the base
-/// URL did not parse (the client then reports why).
-fn upstream_url(account: &Account, path_and_query: &str) -> Result<reqwest::Url, String> {
-    let Some(base) = &account.parsed_url else {
-        return Err(join(&account.base_url, path_and_query));
-    };
-    let (path, query) = match path_and_query.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (path_and_query, None),
-    };
-    let mut url = base.clone();
-    url.set_path(&join(base.path().trim_end_matches('/'), path));
-    url.set_query(query);
-    Ok(url)
+/// Why one attempt failed before an answer, as the client is told.
+#[derive(Debug)]
+enum AttemptError {
+    /// The account's base URL or the request path makes no valid URI.
+    BadUri,
+    /// No response headers within the idle timeout.
+    Timeout,
+    /// Connecting or sending failed.
+    Client(hyper_util::client::legacy::Error),
+}
+
+impl AttemptError {
+    fn message(&self) -> &'static str {
+        match self {
+            Self::BadUri => "the upstream URL is invalid",
+            Self::Timeout => "the upstream did not answer in time",
+            Self::Client(e) if is_connect_timeout(e) => "the upstream did not answer in time",
+            Self::Client(e) if e.is_connect() => "could not connect to the upstream",
+            Self::Client(_) => "the upstream connection failed",
+        }
+    }
+}
+
+impl std::fmt::Display for AttemptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::BadUri => f.write_str("the base URL and path make no valid URI"),
+            Self::Timeout => f.write_str("no response within the idle timeout"),
+            Self::Client(e) => {
+                write!(f, "{e}")?;
+                let mut source = std::error::Error::source(e);
+                while let Some(s) = source {
+                    write!(f, ": {s}")?;
+                    source = s.source();
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn is_connect_timeout(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<ConnectTimeout>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 impl Relay {
     /// A relay over `pools` with connection pooling and the given timeouts.
-    pub fn new(pools: Arc<Pools>, timeouts: UpstreamTimeouts) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(timeouts.connect)
-            .read_timeout(timeouts.idle)
+    pub fn new(pools: Arc<Pools>, timeouts: UpstreamTimeouts) -> Self {
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(tcp);
+        let connector = Connector {
+            inner: https,
+            timeout: timeouts.connect,
+        };
+        let http = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
-            .tcp_nodelay(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
-        Ok(Self {
+            .build(connector);
+        Self {
             http,
+            idle: timeouts.idle,
             pools,
             cooldowns: CooldownPolicy::default(),
             max_attempts: 3,
-        })
+        }
     }
 
     /// Replace the cooldown lengths.
@@ -149,11 +309,25 @@ impl Relay {
         &self.pools
     }
 
-    fn build(&self, account: &Account, out: &Outbound) -> reqwest::RequestBuilder {
-        let mut headers = reqwest::header::HeaderMap::with_capacity(8);
+    fn build(
+        &self,
+        account: &Account,
+        out: &Outbound,
+    ) -> Result<Request<Full<Bytes>>, AttemptError> {
+        let uri = account
+            .parsed_url
+            .as_ref()
+            .ok_or(AttemptError::BadUri)?
+            .uri(&out.path_and_query)
+            .map_err(|_| AttemptError::BadUri)?;
+        let mut request = Request::new(Full::new(out.body.clone()));
+        *request.method_mut() = out.method.clone();
+        *request.uri_mut() = uri;
+        let headers = request.headers_mut();
+        headers.reserve(8);
         for name in FORWARD_REQUEST {
-            if let Some(v) = out.headers.get(*name) {
-                headers.insert(HeaderName::from_static(name), v.clone());
+            if let Some(v) = out.headers.get(&name) {
+                headers.insert(name, v.clone());
             }
         }
         // Metering reads the bytes: ask for them uncompressed.
@@ -164,26 +338,36 @@ impl Relay {
         let key = account.credential.expose();
         let auth = match account.service {
             Service::Anthropic => {
-                if !headers.contains_key("anthropic-version") {
-                    headers.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
+                if !headers.contains_key(ANTHROPIC_VERSION) {
+                    headers.insert(ANTHROPIC_VERSION, HeaderValue::from_static("2023-06-01"));
                 }
-                ("x-api-key", HeaderValue::from_str(key))
+                (X_API_KEY, HeaderValue::from_str(key))
             }
             Service::Openai => (
-                "authorization",
+                header::AUTHORIZATION,
                 HeaderValue::from_str(&format!("Bearer {key}")),
             ),
-            Service::Gemini => ("x-goog-api-key", HeaderValue::from_str(key)),
+            Service::Gemini => (X_GOOG_API_KEY, HeaderValue::from_str(key)),
         };
         if let Ok(mut v) = auth.1 {
             v.set_sensitive(true);
-            headers.insert(HeaderName::from_static(auth.0), v);
+            headers.insert(auth.0, v);
         }
-        let builder = match upstream_url(account, &out.path_and_query) {
-            Ok(url) => self.http.request(out.method.clone(), url),
-            Err(text) => self.http.request(out.method.clone(), text),
-        };
-        builder.headers(headers).body(out.body.clone())
+        Ok(request)
+    }
+
+    /// One attempt on `account`: the response head within the idle timeout.
+    async fn attempt(
+        &self,
+        account: &Account,
+        out: &Outbound,
+    ) -> Result<Response<Incoming>, AttemptError> {
+        let request = self.build(account, out)?;
+        match tokio::time::timeout(self.idle, self.http.request(request)).await {
+            Ok(Ok(res)) => Ok(res),
+            Ok(Err(e)) => Err(AttemptError::Client(e)),
+            Err(_) => Err(AttemptError::Timeout),
+        }
     }
 
     /// Send `out` to an account of its service's pool, failing over as described in the
@@ -203,7 +387,7 @@ impl Relay {
             tried.push(index);
             let account = &pool.accounts()[index];
             let started = Instant::now();
-            let result = self.build(account, &out).send().await;
+            let result = self.attempt(account, &out).await;
             let elapsed = started.elapsed();
             let is_last = attempt + 1 == attempts;
             match result {
@@ -212,13 +396,7 @@ impl Relay {
                         account.record_failure(Failure::Unavailable, &self.cooldowns, now_ms());
                     crate::metrics::upstream_response(out.service, &account.name, "error", elapsed);
                     tracing::warn!(account = %account.name, error = %e, ?cooldown, "upstream request failed; cooling the account down");
-                    last_error = if e.is_timeout() {
-                        "the upstream did not answer in time".to_owned()
-                    } else if e.is_connect() {
-                        "could not connect to the upstream".to_owned()
-                    } else {
-                        "the upstream connection failed".to_owned()
-                    };
+                    e.message().clone_into(&mut last_error);
                 }
                 Ok(res) => {
                     let status = res.status();
@@ -250,11 +428,11 @@ impl Relay {
                                 ));
                             }
                             // Nobody left to try: the client gets the upstream's own answer.
-                            return Ok(into_response(res));
+                            return Ok(self.stream_response(res));
                         }
                         None => {
                             account.record_success();
-                            return Ok(into_response(res));
+                            return Ok(self.stream_response(res));
                         }
                     }
                 }
@@ -262,44 +440,122 @@ impl Relay {
         }
         Err(RelayError::Unreachable(last_error))
     }
-}
 
-/// The upstream response as ours: status, the forwarded headers, and the body streamed.
-fn into_response(res: reqwest::Response) -> Response<Body> {
-    let status = res.status();
-    let mut headers = HeaderMap::with_capacity(4);
-    for name in FORWARD_RESPONSE {
-        if let Some(v) = res.headers().get(*name) {
-            headers.insert(HeaderName::from_static(name), v.clone());
-        }
-    }
-    let is_sse = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
-    if is_sse {
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        // Tell reverse proxies in front of us not to buffer the stream.
-        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    }
-    // No content-length, even when the upstream sent one: with it hyper stops polling the
-    // body after the last byte and drops it, and the metering body would take the missing
-    // end-of-stream for a client that went away.
-    let body = Body::from_stream(stream::unfold(Some(res), |res| async move {
-        let mut res = res?;
-        match res.chunk().await {
-            Ok(Some(chunk)) => Some((Ok::<Bytes, reqwest::Error>(chunk), Some(res))),
-            Ok(None) => None,
-            Err(e) => {
-                tracing::warn!(error = %e, "upstream body failed mid-stream");
-                Some((Err(e), None))
+    /// The upstream response as ours: status, the forwarded headers, and the body streamed.
+    fn stream_response(&self, res: Response<Incoming>) -> Response<Body> {
+        let (parts, incoming) = res.into_parts();
+        let mut headers = HeaderMap::with_capacity(4);
+        for name in FORWARD_RESPONSE {
+            if let Some(v) = parts.headers.get(&name) {
+                headers.insert(name, v.clone());
             }
         }
-    }));
-    let mut response = Response::new(body);
-    *response.status_mut() = status;
-    *response.headers_mut() = headers;
-    response
+        let is_sse = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if is_sse {
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            // Tell reverse proxies in front of us not to buffer the stream.
+            headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
+        }
+        let body = Body::new(IdleBody {
+            inner: incoming,
+            idle: self.idle,
+            timer: None,
+            armed: false,
+            done: false,
+        });
+        let mut response = Response::new(body);
+        *response.status_mut() = parts.status;
+        *response.headers_mut() = headers;
+        response
+    }
+}
+
+/// The upstream body failed mid-stream.
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    /// No byte within the idle timeout.
+    #[error("the upstream sent nothing for {0:?}")]
+    Idle(Duration),
+    /// The connection failed.
+    #[error("upstream body: {0}")]
+    Upstream(#[from] hyper::Error),
+}
+
+/// The upstream body with the idle timeout between chunks.
+///
+/// It reports no size, even when the upstream sent a content-length: with one hyper stops
+/// polling the body after the last byte and drops it, and the metering body would take the
+/// missing end-of-stream for a client that went away.
+struct IdleBody {
+    inner: Incoming,
+    idle: Duration,
+    /// Made on the first wait, then reset: armed while waiting for the next frame.
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+    done: bool,
+}
+
+impl std::fmt::Debug for IdleBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdleBody")
+            .field("idle", &self.idle)
+            .finish()
+    }
+}
+
+impl HttpBody for IdleBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                // The next wait starts afresh (re-armed lazily, only if it has to wait).
+                this.armed = false;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                tracing::warn!(error = %e, "upstream body failed mid-stream");
+                this.done = true;
+                Poll::Ready(Some(Err(BodyError::Upstream(e))))
+            }
+            Poll::Ready(None) => {
+                this.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let idle = this.idle;
+                let timer = match &mut this.timer {
+                    Some(timer) => {
+                        if !this.armed {
+                            timer.as_mut().reset(tokio::time::Instant::now() + idle);
+                        }
+                        timer
+                    }
+                    None => this.timer.insert(Box::pin(tokio::time::sleep(idle))),
+                };
+                this.armed = true;
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        tracing::warn!(?idle, "upstream body idle for too long");
+                        this.done = true;
+                        Poll::Ready(Some(Err(BodyError::Idle(idle))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -328,7 +584,7 @@ mod tests {
     }
 
     #[test]
-    fn upstream_urls_match_the_joined_text() {
+    fn upstream_uris_match_the_joined_text() {
         let cases = [
             ("https://api.openai.com", "/v1/chat/completions"),
             ("https://host/v1", "/v1/chat/completions"),
@@ -342,21 +598,51 @@ mod tests {
         ];
         for (base, path) in cases {
             let account = Account::new("a", Service::Openai, base, Credential::new("k"), 1);
-            let fast = upstream_url(&account, path).unwrap();
-            let slow = reqwest::Url::parse(&join(&account.base_url, path)).unwrap();
+            let base_parts = account.parsed_url.as_ref().unwrap();
+            let fast = base_parts.uri(path).unwrap();
+            let slow: Uri = join(&account.base_url, path).parse().unwrap();
             assert_eq!(fast, slow, "{base} + {path}");
         }
-        // A base URL that does not parse is passed on as text for the client to refuse.
-        let bad = Account::new("b", Service::Openai, "not a url", Credential::new("k"), 1);
-        assert_eq!(
-            upstream_url(&bad, "/v1/responses").unwrap_err(),
-            "not a url/v1/responses"
+    }
+
+    #[test]
+    fn base_urls_that_are_refused() {
+        for bad in [
+            "not a url",
+            "/v1",
+            "host:443",
+            "ftp://host/v1",
+            "https://host/v1?x=1",
+            "https://host/v1#frag",
+            "https:///v1",
+        ] {
+            assert_eq!(UpstreamBase::parse(bad), None, "{bad}");
+        }
+        // An account with such a base URL fails its requests (cooled down like a connect
+        // failure) instead of sending them anywhere.
+        let relay = Relay::new(
+            Arc::new(Pools::default()),
+            UpstreamTimeouts {
+                connect: Duration::from_secs(1),
+                idle: Duration::from_secs(1),
+            },
         );
+        let account = Account::new("b", Service::Openai, "not a url", Credential::new("k"), 1);
+        let out = Outbound {
+            service: Service::Openai,
+            method: Method::POST,
+            path_and_query: "/v1/responses".into(),
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            sticky: None,
+        };
+        let err = relay.build(&account, &out).unwrap_err();
+        assert_eq!(err.message(), "the upstream URL is invalid");
     }
 
     #[test]
     fn statuses_that_cool_an_account() {
-        let h = reqwest::header::HeaderMap::new();
+        let h = HeaderMap::new();
         assert_eq!(failure_of(StatusCode::OK, &h), None);
         assert_eq!(failure_of(StatusCode::BAD_REQUEST, &h), None);
         assert_eq!(
@@ -367,7 +653,7 @@ mod tests {
             failure_of(StatusCode::UNAUTHORIZED, &h),
             Some(Failure::Unauthorized)
         );
-        let mut h2 = reqwest::header::HeaderMap::new();
+        let mut h2 = HeaderMap::new();
         h2.insert(header::RETRY_AFTER, HeaderValue::from_static("12"));
         assert_eq!(
             failure_of(StatusCode::TOO_MANY_REQUESTS, &h2),

@@ -81,10 +81,10 @@ pub struct Account {
     pub service: Service,
     /// Base URL without a trailing slash.
     pub base_url: String,
-    /// `base_url` parsed once, so a request only sets its path (parsing the whole URL,
-    /// host and IDNA included, cost more than anything else in building a request).
-    /// `None` when it does not parse; requests then fail with the parse error.
-    pub(crate) parsed_url: Option<reqwest::Url>,
+    /// `base_url` split once, so a request only appends its path (parsing the whole URL
+    /// cost more than anything else in building a request). `None` when it is not an
+    /// absolute http(s) URL; requests then fail without being sent.
+    pub(crate) parsed_url: Option<super::client::UpstreamBase>,
     /// The credential.
     pub credential: Credential,
     /// Share of traffic.
@@ -108,9 +108,7 @@ impl Account {
         Self {
             name: name.into(),
             service,
-            parsed_url: reqwest::Url::parse(&base_url)
-                .ok()
-                .filter(|u| u.has_host() && u.query().is_none() && u.fragment().is_none()),
+            parsed_url: super::client::UpstreamBase::parse(&base_url),
             base_url,
             credential,
             weight: weight.max(1),
