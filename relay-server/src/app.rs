@@ -554,7 +554,10 @@ impl Gateway {
         let jobs = scheduler.spawn();
         let usage = Arc::new(MemoryUsageSink::new(1024));
         let usage_writer = SqlUsageWriter::spawn(db.usage_store(), WriterConfig::default());
-        let mut sinks: Vec<Arc<dyn UsageSink>> = vec![usage.clone()];
+        // The durable writer first and the in-process memory last: once an event is visible
+        // in memory (recent events, aggregates), it is already queued for the database, so a
+        // flush after seeing it writes it.
+        let mut sinks: Vec<Arc<dyn UsageSink>> = vec![Arc::new(usage_writer.clone())];
         // With Redis, real-time aggregates are shared by every instance, batched in process
         // (one script per flush interval, not per request).
         let usage_aggregates = redis.as_ref().map(|conn| {
@@ -566,7 +569,7 @@ impl Gateway {
         if let Some(a) = &usage_aggregates {
             sinks.push(Arc::new(a.clone()));
         }
-        sinks.push(Arc::new(usage_writer.clone()));
+        sinks.push(usage.clone());
         let sink = crate::sink::ObservedSink::new(Arc::new(crate::sink::FanOutSink::new(sinks)));
         let state = Arc::new(AppState {
             db,

@@ -36,8 +36,8 @@ impl UsageSink for ObservedSink {
     }
 }
 
-/// Hands every event to each of its sinks, in order (the memory aggregates first, then the
-/// durable writer, whose `record` may wait for room in its queue).
+/// Hands every event to each of its sinks, in order (the gateway puts the durable writer,
+/// whose `record` may wait for room in its queue, before the in-memory aggregates).
 #[derive(Debug, Clone)]
 pub struct FanOutSink {
     sinks: Vec<Arc<dyn UsageSink>>,
