@@ -1,8 +1,14 @@
 //! Typed identifiers.
 //!
-//! Every id is a short type prefix, an underscore and 32 lowercase hex digits (128 random
-//! bits), for example `usr_0f3a9c…`. The prefix makes a pasted id recognisable and lets
-//! [`FromStr`] refuse an order id where a user id was expected.
+//! Every id is a short type prefix, an underscore and 32 lowercase hex digits, for example
+//! `usr_0f3a9c…`: 128 random bits, except a [`RequestId`], whose first 12 digits are its
+//! creation time in milliseconds and the other 20 random (80 bits). The prefix makes a
+//! pasted id recognisable and lets [`FromStr`] refuse an order id where a user id was
+//! expected.
+//!
+//! Request ids are time-ordered because they key the usage records: a random key scatters
+//! every insert over the whole primary-key index, so a batch of records rewrote almost as
+//! many index pages as it had rows; time-ordered keys append.
 
 use std::fmt;
 use std::str::FromStr;
@@ -44,18 +50,63 @@ fn shorten(s: &str) -> String {
     }
 }
 
-fn random_hex() -> String {
-    let mut bytes = [0u8; HEX_LEN / 2];
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    for b in bytes {
+        out.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
+        out.push(char::from_digit(u32::from(b & 0xf), 16).unwrap_or('0'));
+    }
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
     // The system RNG only fails when the OS has no entropy source at all, in which case
     // nothing secure can run; failing loudly beats issuing predictable ids.
     SystemRandom::new()
         .fill(&mut bytes)
         .expect("the operating system's random number generator failed");
+    bytes
+}
+
+fn random_hex() -> String {
     let mut out = String::with_capacity(HEX_LEN);
-    for b in bytes {
-        out.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
-        out.push(char::from_digit(u32::from(b & 0xf), 16).unwrap_or('0'));
-    }
+    push_hex(&mut out, &random_bytes::<{ HEX_LEN / 2 }>());
+    out
+}
+
+/// Random bytes of a request id.
+const TAIL_BYTES: usize = (HEX_LEN - 12) / 2;
+
+thread_local! {
+    /// The system RNG's bytes, fetched 4 KiB at a time: one request id per relayed request
+    /// made one `getrandom` call each.
+    static RANDOM_POOL: std::cell::RefCell<([u8; 4096], usize)> =
+        const { std::cell::RefCell::new(([0; 4096], 4096)) };
+}
+
+fn pooled_random_tail() -> [u8; TAIL_BYTES] {
+    RANDOM_POOL.with_borrow_mut(|(pool, used)| {
+        if *used + TAIL_BYTES > pool.len() {
+            *pool = random_bytes::<4096>();
+            *used = 0;
+        }
+        let mut tail = [0u8; TAIL_BYTES];
+        tail.copy_from_slice(&pool[*used..*used + TAIL_BYTES]);
+        // Zeroed once handed out: bytes are never given twice, nor left to be read later.
+        pool[*used..*used + TAIL_BYTES].fill(0);
+        *used += TAIL_BYTES;
+        tail
+    })
+}
+
+/// 12 hex digits of milliseconds since the Unix epoch (48 bits: until the year 10889), then
+/// 20 random digits.
+fn time_ordered_hex() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let mut out = String::with_capacity(HEX_LEN);
+    push_hex(&mut out, &(ms & 0xffff_ffff_ffff).to_be_bytes()[2..]);
+    push_hex(&mut out, &pooled_random_tail());
     out
 }
 
@@ -83,6 +134,9 @@ fn parse(s: &str, prefix: &'static str, kind: &'static str) -> Result<(), IdErro
 
 macro_rules! typed_id {
     ($(#[$meta:meta])* $name:ident, $prefix:literal, $kind:literal) => {
+        typed_id!($(#[$meta])* $name, $prefix, $kind, random_hex, "A new random id.");
+    };
+    ($(#[$meta:meta])* $name:ident, $prefix:literal, $kind:literal, $gen:ident, $new_doc:literal) => {
         $(#[$meta])*
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub struct $name(String);
@@ -91,9 +145,9 @@ macro_rules! typed_id {
             /// The prefix ids of this kind start with (before the underscore).
             pub const PREFIX: &'static str = $prefix;
 
-            /// A new random id.
+            #[doc = $new_doc]
             pub fn new() -> Self {
-                Self(format!("{}_{}", $prefix, random_hex()))
+                Self(format!("{}_{}", $prefix, $gen()))
             }
 
             /// The id as text, prefix included.
@@ -175,7 +229,12 @@ typed_id!(
 );
 typed_id!(
     /// Identifies one request through the gateway; also the idempotency key of its usage.
-    RequestId, "req", "request"
+    /// Time-ordered: the first 12 hex digits are the creation time in milliseconds.
+    RequestId,
+    "req",
+    "request",
+    time_ordered_hex,
+    "A new id: the current time in milliseconds, then 80 random bits."
 );
 
 #[cfg(test)]
@@ -190,6 +249,26 @@ mod tests {
         let parsed: UserId = id.as_str().parse().unwrap();
         assert_eq!(parsed, id);
         assert_ne!(UserId::new(), UserId::new());
+    }
+
+    #[test]
+    fn request_ids_are_time_ordered_and_random_after_the_time() {
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        // More than one 4 KiB pool of random bytes.
+        let ids: Vec<RequestId> = (0..1000).map(|_| RequestId::new()).collect();
+        let ms = |id: &RequestId| u128::from_str_radix(&id.as_str()[4..16], 16).unwrap();
+        assert!(ms(&ids[0]) >= before && ms(&ids[0]) <= before + 60_000);
+        for pair in ids.windows(2) {
+            assert!(pair[0].as_str()[..16] <= pair[1].as_str()[..16], "{pair:?}");
+            assert_ne!(pair[0].as_str()[16..], pair[1].as_str()[16..]);
+            assert_eq!(pair[1].as_str().parse::<RequestId>().unwrap(), pair[1]);
+        }
+        let tails: std::collections::HashSet<&str> =
+            ids.iter().map(|i| &i.as_str()[16..]).collect();
+        assert_eq!(tails.len(), ids.len(), "every random tail differs");
     }
 
     #[test]

@@ -401,11 +401,12 @@ impl Drop for Permit {
     }
 }
 
-/// A lease's id: 52 bits of the request id's random hex (exact in Lua's doubles, and
-/// cheaper than hashing the whole id).
+/// A lease's id: the last 52 bits of the request id's hex, all random (the first digits are
+/// its time); exact in Lua's doubles, and cheaper than hashing the whole id.
 pub(crate) fn lease_id(rid: &RequestId) -> u64 {
     let hex = rid.as_str().trim_start_matches("req_");
-    u64::from_str_radix(hex.get(..13).unwrap_or("0"), 16).unwrap_or(0)
+    let tail = hex.len().saturating_sub(13);
+    u64::from_str_radix(hex.get(tail..).unwrap_or("0"), 16).unwrap_or(0)
 }
 
 /// Checks that need no counter: model, service, client, address.

@@ -164,7 +164,7 @@ impl Meter {
             tracing::warn!(request_id = %event.request_id, "no runtime to record usage on; the permit's lease will expire");
             return;
         };
-        handle.spawn(async move {
+        let work = Box::pin(async move {
             if let Some(permit) = permit {
                 if let Err(e) = permit.settle(usage.total_tokens(), cost).await {
                     tracing::warn!(error = %e, "settling a permit failed; its lease will expire");
@@ -172,6 +172,22 @@ impl Meter {
             }
             sink.record(event).await;
         });
+        run_here_or_spawn(&handle, work);
+    }
+}
+
+/// Poll `work` once here and spawn it only if it must wait. Settling on the memory limiter
+/// and queueing the usage event are done in that one poll, and a task spawned for them
+/// cost a task allocation and a wake-up of another worker thread on every request; a
+/// backend that waits (Redis, a full queue) finishes in the task, which polls it again with
+/// a real waker.
+fn run_here_or_spawn(
+    handle: &tokio::runtime::Handle,
+    mut work: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+) {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    if work.as_mut().poll(&mut cx).is_pending() {
+        handle.spawn(work);
     }
 }
 
@@ -182,11 +198,14 @@ fn spawn_settle(permit: Permit, tokens: u64, cost: Decimal) {
         // expires.
         return;
     };
-    handle.spawn(async move {
-        if let Err(e) = permit.settle(tokens, cost).await {
-            tracing::warn!(error = %e, "settling a permit failed; its lease will expire");
-        }
-    });
+    run_here_or_spawn(
+        &handle,
+        Box::pin(async move {
+            if let Err(e) = permit.settle(tokens, cost).await {
+                tracing::warn!(error = %e, "settling a permit failed; its lease will expire");
+            }
+        }),
+    );
 }
 
 impl<B> Body for MeteredBody<B>

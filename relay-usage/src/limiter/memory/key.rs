@@ -63,16 +63,19 @@ fn decode(hex: &[u8]) -> Option<u64> {
     Some(nibbles(word(a)?)? | nibbles(word(b)?)? << 4)
 }
 
-/// A lease's id in this limiter: the first 64 of the request id's random bits (hashed for
-/// an id that is not hex, which `RequestId` does not allow to be made).
+/// A lease's id in this limiter: the last 64 of the request id's bits, all random (the
+/// first digits are its time); hashed for an id that is not hex, which `RequestId` does
+/// not allow to be made.
 pub(super) fn lease_bits(rid: &RequestId) -> u64 {
     let s = rid.as_str();
     let hex = s.strip_prefix("req_").unwrap_or(s).as_bytes();
-    hex.get(..16).and_then(decode).unwrap_or_else(|| {
-        let mut h = std::hash::DefaultHasher::new();
-        s.hash(&mut h);
-        h.finish()
-    })
+    hex.get(hex.len().saturating_sub(16)..)
+        .and_then(decode)
+        .unwrap_or_else(|| {
+            let mut h = std::hash::DefaultHasher::new();
+            s.hash(&mut h);
+            h.finish()
+        })
 }
 
 impl Hash for KeyBits {
@@ -152,11 +155,16 @@ mod tests {
     }
 
     #[test]
-    fn lease_ids_are_the_request_ids_first_bits() {
-        let rid: RequestId = "req_00000000000000ff0123456789abcdef"
-            .parse()
-            .expect("valid id");
+    fn lease_ids_are_the_request_ids_last_bits() {
+        let id = |s: &str| -> RequestId { s.parse().expect("valid id") };
+        let rid = id("req_0123456789abcdef00000000000000ff");
         assert_eq!(lease_bits(&rid), 0xf0_f0_00_00_00_00_00_00);
+        // The time in front does not matter; the random tail does.
+        let other_time = id("req_fedcba987654321000000000000000ff");
+        assert_eq!(lease_bits(&other_time), lease_bits(&rid));
+        let other_tail = id("req_0123456789abcdef00000000000000fe");
+        assert_ne!(lease_bits(&other_tail), lease_bits(&rid));
+        // Ids made in the same millisecond still differ.
         let (a, b) = (RequestId::new(), RequestId::new());
         assert_ne!(lease_bits(&a), lease_bits(&b));
     }

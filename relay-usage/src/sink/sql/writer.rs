@@ -244,12 +244,22 @@ impl Task {
 
     /// Batch and write until shutdown is asked or every sender is gone.
     async fn fill_and_write(&mut self) -> Result<(), GaveUp> {
-        let mut deadline: Option<Instant> = None;
+        // One timer, re-armed per batch: a sleep made per received event cost a timer
+        // registration per relayed request. Events are taken as many at a time as are
+        // queued (up to the batch's room), so a busy queue costs one wake-up per run.
+        let flush_timer = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(flush_timer);
+        let mut armed = false;
+        let mut cmds = Vec::new();
         loop {
             if self.shutdown.borrow().is_some() {
                 return Ok(());
             }
-            let flush_at = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let room = self
+                .config
+                .max_batch
+                .saturating_sub(self.batch.len())
+                .max(1);
             tokio::select! {
                 biased;
                 changed = self.shutdown.changed() => {
@@ -257,23 +267,27 @@ impl Task {
                         return Ok(());
                     }
                 }
-                cmd = self.rx.recv() => match cmd {
-                    None => return Ok(()),
-                    Some(cmd) => {
-                        let is_flush = matches!(cmd, Command::Flush(_));
-                        self.take(cmd);
-                        if deadline.is_none() && !self.batch.is_empty() {
-                            deadline = Some(Instant::now() + self.config.flush_interval);
-                        }
-                        if is_flush || self.batch.len() >= self.config.max_batch {
-                            self.write().await?;
-                            deadline = None;
-                        }
+                n = self.rx.recv_many(&mut cmds, room) => {
+                    if n == 0 {
+                        return Ok(());
                     }
-                },
-                _ = tokio::time::sleep_until(flush_at), if deadline.is_some() => {
+                    let mut is_flush = false;
+                    for cmd in cmds.drain(..) {
+                        is_flush |= matches!(cmd, Command::Flush(_));
+                        self.take(cmd);
+                    }
+                    if !armed && !self.batch.is_empty() {
+                        flush_timer.as_mut().reset(Instant::now() + self.config.flush_interval);
+                        armed = true;
+                    }
+                    if is_flush || self.batch.len() >= self.config.max_batch {
+                        self.write().await?;
+                        armed = false;
+                    }
+                }
+                () = &mut flush_timer, if armed => {
                     self.write().await?;
-                    deadline = None;
+                    armed = false;
                 }
             }
         }
