@@ -285,8 +285,8 @@ pub trait Limiter: Send + Sync + fmt::Debug + 'static {
     /// lease. Idempotent: a second call for the same ticket, like one for an unknown ticket
     /// or after the lease expired, changes nothing. A backend that applies settlements at
     /// once answers [`SettleOutcome::Settled`], and [`SettleOutcome::NotFound`] for those;
-    /// one that queues them answers [`SettleOutcome::Queued`] for every call and ignores
-    /// those when it applies the queue.
+    /// one that queues them answers [`SettleOutcome::Queued`] for each one it records (it
+    /// cannot tell them apart yet) and ignores those when it applies the queue.
     async fn settle(
         &self,
         ticket: &Ticket,

@@ -31,10 +31,11 @@
 //!
 //! ## Settlement notes
 //!
-//! Settlement is one `APPEND` of a note (no script, no read). Only `APPEND` adds notes
-//! and every admission that finds one rewrites the state without them (`SET`), so the
-//! notes are always the tail of the records: an admission finds them by reading records
-//! backwards from the end, which costs one decode when there are none. A note settles
+//! Settlement is one `APPEND` of a note (no script, no read). Only `APPEND` adds notes,
+//! and an admission that finds any rewrites the state without them (`SET`; a refusal
+//! writes nothing and leaves them to the next admission), so the notes are always the
+//! tail of the records: an admission finds them by reading records backwards from the
+//! end, which costs one decode when there are none. A note settles
 //! its lease if the lease was still live when it was settled (expiry > settle time); the
 //! admission then folds the note's deltas into the counters as of the lease's admission
 //! time, exactly as if they had been applied at settlement (they land in the same
