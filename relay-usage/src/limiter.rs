@@ -229,6 +229,10 @@ pub enum SettleOutcome {
     /// Nothing changed: the permit was already settled, its lease expired, or it is
     /// unknown to this limiter.
     NotFound,
+    /// Recorded, and applied exactly once at the key's next admission, before it decides
+    /// (the lease already counts as released); a duplicate or late settlement is ignored
+    /// then.
+    Queued,
 }
 
 /// Everything a backend needs to settle or heartbeat a permit.
@@ -278,8 +282,11 @@ pub trait Limiter: Send + Sync + fmt::Debug + 'static {
     ) -> Result<Result<Ticket, Denial>, LimiterError>;
 
     /// Adjust windows and budgets from the reservation to the actual usage and release the
-    /// lease. Idempotent: a second call for the same ticket returns
-    /// [`SettleOutcome::NotFound`] and changes nothing.
+    /// lease. Idempotent: a second call for the same ticket, like one for an unknown ticket
+    /// or after the lease expired, changes nothing. A backend that applies settlements at
+    /// once answers [`SettleOutcome::Settled`], and [`SettleOutcome::NotFound`] for those;
+    /// one that queues them answers [`SettleOutcome::Queued`] for each one it records (it
+    /// cannot tell them apart yet) and ignores those when it applies the queue.
     async fn settle(
         &self,
         ticket: &Ticket,

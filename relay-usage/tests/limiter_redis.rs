@@ -127,7 +127,7 @@ mod layout {
         ));
         assert_eq!(
             limiter.settle(&first, 120, 0).await.expect("answers"),
-            SettleOutcome::Settled
+            SettleOutcome::Queued
         );
         limiter
             .admit(&request(&key, &policy, &b, 100))
@@ -198,14 +198,13 @@ mod layout {
                 .expect("answers"),
             Err(Denial::Concurrency { limit: 1, .. })
         ));
-        assert_eq!(
-            limiter.settle(&held, 10, 0).await.expect("answers"),
-            SettleOutcome::Settled
-        );
-        assert_eq!(
-            limiter.settle(&held, 10, 0).await.expect("answers"),
-            SettleOutcome::NotFound
-        );
+        // Queued, and the duplicate ignored when the next admission applies them.
+        for _ in 0..2 {
+            assert_eq!(
+                limiter.settle(&held, 10, 0).await.expect("answers"),
+                SettleOutcome::Queued
+            );
+        }
         limiter
             .admit(&request(&key, &after, &other, 10))
             .await
@@ -239,5 +238,247 @@ mod layout {
             let after: Vec<u8> = conn.get(&state).await.expect("get");
             assert_eq!(after, garbage);
         }
+    }
+}
+
+mod settlement {
+    //! Settlement notes (one `APPEND` each), as the next admission, heartbeats and the
+    //! in-flight count read them.
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use chrono::TimeZone;
+    use redis::AsyncCommands;
+    use relay_core::{
+        ApiKeyId, Budget, BudgetPeriod, Currency, KeyPolicy, ManualClock, Money, RequestId, Service,
+    };
+    use relay_usage::limiter::redis::RedisLimiter;
+    use relay_usage::limiter::{cost_units, Limiter};
+    use relay_usage::{AdmissionRequest, Denial, SettleOutcome, Ticket};
+    use rust_decimal::Decimal;
+
+    use super::support;
+
+    const TTL: Duration = Duration::from_secs(10);
+
+    struct Case {
+        clock: ManualClock,
+        limiter: RedisLimiter,
+        conn: redis::aio::ConnectionManager,
+        key: ApiKeyId,
+        policy: Arc<KeyPolicy>,
+    }
+
+    /// A key with a total budget of 10 USD and at most 3 requests in flight.
+    async fn case() -> Option<Case> {
+        let conn = support::redis_conn().await?;
+        let start = chrono::Utc
+            .with_ymd_and_hms(2026, 5, 10, 12, 0, 0)
+            .single()
+            .unwrap_or_default();
+        let clock = ManualClock::new(start);
+        let limiter = RedisLimiter::new(conn.clone(), Arc::new(clock.clone()))
+            .with_prefix(support::unique_prefix())
+            .with_lease_ttl(TTL);
+        let policy = Arc::new(KeyPolicy {
+            concurrency: Some(3),
+            budgets: vec![Budget {
+                period: BudgetPeriod::Total,
+                cap: Money::new(Decimal::TEN, Currency::USD),
+            }],
+            ..KeyPolicy::default()
+        });
+        Some(Case {
+            clock,
+            limiter,
+            conn,
+            key: ApiKeyId::new(),
+            policy,
+        })
+    }
+
+    fn usd(s: &str) -> Decimal {
+        Decimal::from_str_exact(s).expect("amount")
+    }
+
+    impl Case {
+        async fn try_admit(&self, cost: &str) -> Result<Ticket, Denial> {
+            let rid = RequestId::new();
+            let req = AdmissionRequest {
+                key: &self.key,
+                policy: &self.policy,
+                service: Service::Openai,
+                model: "gpt-4o",
+                user_agent: None,
+                ip: None,
+                estimated_tokens: 0,
+                estimated_cost: usd(cost),
+                min_cost: Decimal::ZERO,
+                request_id: &rid,
+            };
+            self.limiter.admit(&req).await.expect("answers")
+        }
+
+        async fn admit(&self, cost: &str) -> Ticket {
+            self.try_admit(cost).await.expect("admitted")
+        }
+
+        async fn settle(&self, t: &Ticket, cost: &str) {
+            let outcome = self
+                .limiter
+                .settle(t, 0, cost_units(usd(cost)))
+                .await
+                .expect("answers");
+            assert_eq!(outcome, SettleOutcome::Queued);
+        }
+
+        /// Exactly `room` USD of the budget is left.
+        async fn assert_room(&self, room: &str) {
+            let over = usd(room) + Decimal::new(1, 9);
+            assert!(
+                matches!(
+                    self.try_admit(&over.to_string()).await,
+                    Err(Denial::Budget { .. })
+                ),
+                "more than {room} left"
+            );
+            self.admit(room).await;
+        }
+
+        async fn raw(&self) -> Option<Vec<u8>> {
+            let mut conn = self.conn.clone();
+            conn.get(self.limiter.redis_key(&self.key))
+                .await
+                .expect("get")
+        }
+    }
+
+    #[tokio::test]
+    async fn settling_twice_counts_the_first_settlement_once() {
+        let Some(c) = case().await else {
+            return;
+        };
+        let t = c.admit("4").await;
+        c.settle(&t, "1").await;
+        c.settle(&t, "3").await;
+        let (leases, notes) = support::records(&c.raw().await.expect("state"));
+        assert_eq!((leases.len(), notes.len()), (1, 2));
+        // Spent 1: the first settlement, once.
+        c.assert_room("9").await;
+        let (leases, notes) = support::records(&c.raw().await.expect("state"));
+        assert_eq!(
+            (leases.len(), notes.len()),
+            (1, 0),
+            "notes are folded, not kept"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_settlement_after_the_lease_expired_is_ignored() {
+        let Some(c) = case().await else {
+            return;
+        };
+        let t = c.admit("4").await;
+        c.clock.advance(chrono::Duration::milliseconds(
+            i64::try_from(TTL.as_millis()).expect("ms") + 1,
+        ));
+        c.settle(&t, "1").await;
+        assert_eq!(c.limiter.in_flight(&c.key).await.expect("answers"), 0);
+        // The estimate stays counted.
+        c.assert_room("6").await;
+    }
+
+    #[tokio::test]
+    async fn a_settlement_on_a_deleted_state_leaves_no_orphan() {
+        let Some(c) = case().await else {
+            return;
+        };
+        let t = c.admit("4").await;
+        let mut conn = c.conn.clone();
+        let _: () = conn.del(c.limiter.redis_key(&c.key)).await.expect("del");
+        c.settle(&t, "1").await;
+        assert_eq!(c.raw().await, None, "the orphan note was deleted");
+        // The next admission starts afresh.
+        c.assert_room("10").await;
+    }
+
+    #[tokio::test]
+    async fn a_notes_only_string_counts_as_no_state() {
+        let Some(c) = case().await else {
+            return;
+        };
+        let t = c.admit("4").await;
+        let mut conn = c.conn.clone();
+        let state = c.limiter.redis_key(&c.key);
+        let raw = c.raw().await.expect("state");
+        // What APPENDs leave when the orphan could not be deleted: notes only (here the
+        // lease's record turned into a note: a negative second value), twice.
+        let mut orphan = raw[raw.len() - 32..].to_vec();
+        orphan[8..16].copy_from_slice(&(-1.0e12f64).to_le_bytes());
+        let _: () = conn.set(&state, &orphan).await.expect("set");
+        let _: u64 = conn.append(&state, &orphan).await.expect("append");
+        assert_eq!(c.limiter.in_flight(&c.key).await.expect("answers"), 0);
+        assert!(!c.limiter.heartbeat(&t).await.expect("answers"));
+        let ttl: i64 = conn.pttl(&state).await.expect("pttl");
+        assert_eq!(ttl, -1, "an orphan has no TTL");
+        c.assert_room("10").await;
+        let (leases, notes) = support::records(&c.raw().await.expect("state"));
+        assert_eq!((leases.len(), notes.len()), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn a_settled_lease_is_not_extended_nor_in_flight_before_the_next_admission() {
+        let Some(c) = case().await else {
+            return;
+        };
+        let ttl = i64::try_from(TTL.as_millis()).expect("ms");
+        let a = c.admit("1").await;
+        let b = c.admit("1").await;
+        c.settle(&a, "0.5").await;
+        // Not yet folded: both leases are still in the state, one with its note.
+        let (leases, notes) = support::records(&c.raw().await.expect("state"));
+        assert_eq!((leases.len(), notes.len()), (2, 1));
+        assert_eq!(c.limiter.in_flight(&c.key).await.expect("answers"), 1);
+        c.clock.advance(chrono::Duration::milliseconds(ttl / 2));
+        assert!(!c.limiter.heartbeat(&a).await.expect("answers"));
+        assert!(c.limiter.heartbeat(&b).await.expect("answers"));
+        // Only b's expiry moved.
+        let (leases, _) = support::records(&c.raw().await.expect("state"));
+        let mut expiries: Vec<i64> = leases.iter().map(|&(_, e)| e).collect();
+        expiries.sort_unstable();
+        let t0 = a.admitted_at_ms;
+        assert_eq!(expiries, vec![t0 + ttl, t0 + ttl / 2 + ttl]);
+        assert_eq!(c.limiter.in_flight(&c.key).await.expect("answers"), 1);
+        c.assert_room("8.5").await;
+    }
+
+    #[tokio::test]
+    async fn a_record_settled_in_place_by_the_previous_version_is_folded() {
+        let Some(c) = case().await else {
+            return;
+        };
+        let t = c.admit("4").await;
+        let mut conn = c.conn.clone();
+        let state = c.limiter.redis_key(&c.key);
+        let raw = c.raw().await.expect("state");
+        let first = f64::from_le_bytes(raw[..8].try_into().expect("8 bytes")) as isize - 1;
+        // The previous settle.lua overwrote the lease's record: settle time,
+        // -1 - admitted at, token delta, cost delta (actual 1 of the estimated 4).
+        let mut record = Vec::new();
+        for v in [
+            (t.admitted_at_ms + 5) as f64,
+            (-1 - t.admitted_at_ms) as f64,
+            0.0,
+            -3.0e9,
+        ] {
+            record.extend_from_slice(&v.to_le_bytes());
+        }
+        let _: () = conn
+            .setrange(&state, first, record)
+            .await
+            .expect("setrange");
+        assert_eq!(c.limiter.in_flight(&c.key).await.expect("answers"), 0);
+        c.assert_room("9").await;
     }
 }

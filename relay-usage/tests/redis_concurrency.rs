@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 use relay_core::{
-    ApiKeyId, Budget, BudgetPeriod, Currency, KeyPolicy, Money, RequestId, Service, SystemClock,
+    ApiKeyId, Budget, BudgetPeriod, Currency, KeyPolicy, Money, RateWindow, RequestId, Service,
+    SystemClock,
 };
 use relay_usage::limiter::redis::{FailMode, RedisLimiter};
 use relay_usage::limiter::{cost_units, Limiter};
-use relay_usage::{admit, AdmissionRequest, Denial, SettleOutcome};
+use relay_usage::{admit, AdmissionRequest, Denial, SettleOutcome, WindowCap};
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 
@@ -91,7 +92,8 @@ async fn spend_never_exceeds_the_cap_by_more_than_the_estimate_error_in_flight()
                 .settle(&ticket, 900, cost_units(actual))
                 .await
                 .expect("redis answers");
-            assert_eq!(outcome, SettleOutcome::Settled);
+            // Redis queues settlements for the key's next admission.
+            assert_eq!(outcome, SettleOutcome::Queued);
             Some(actual)
         }));
     }
@@ -228,29 +230,145 @@ async fn cancelling_half_the_requests_mid_flight_leaves_no_lease() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(left, 0, "leases left after cancellation");
-    // Nothing waits for expiry either: the state holds no lease entry at all, live or not.
+    // Nothing waits for expiry either: every lease in the state has its settlement note.
     let mut conn = support::redis_conn().await.expect("redis");
     let state_key = RedisLimiter::new(conn.clone(), Arc::new(SystemClock))
         .with_prefix(prefix.as_str())
         .redis_key(&key);
     let raw: Vec<u8> = conn.get(&state_key).await.expect("state");
-    // The state is little-endian doubles; its first value is the byte (1-based) where the
-    // 32-byte records start, each `id, expiry, ..`. A settled record has a negative expiry
-    // (it waits for the next admission to fold it in): none may be a lease, live or not.
-    let value = |at: usize| {
-        let bytes: [u8; 8] = raw[at..at + 8].try_into().expect("8 bytes");
-        f64::from_le_bytes(bytes)
-    };
-    let first = value(0) as usize - 1;
-    assert_eq!((raw.len() - first) % 32, 0, "{raw:?}");
-    let records = (raw.len() - first) / 32;
-    assert!(records <= 200, "{records} records for 200 admissions");
-    for r in 0..records {
-        assert!(
-            value(first + 32 * r + 8) < 0.0,
-            "record {r} is still a lease"
-        );
+    let (leases, notes) = support::records(&raw);
+    assert!(
+        leases.len() <= 200,
+        "{} leases for 200 admissions",
+        leases.len()
+    );
+    for (id, _) in &leases {
+        assert!(notes.contains(id), "lease {id} has no settlement note");
     }
+}
+
+/// Three instances admit on one key, and each permit is settled by another instance than
+/// the one that admitted it, some twice: concurrency and token window hold, the budget
+/// counts each settlement exactly once, and no lease is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn settlements_interleaved_across_instances_count_once() {
+    let prefix = support::unique_prefix();
+    let Some(limiters) = instances(3, &prefix).await else {
+        return;
+    };
+    let key = ApiKeyId::new();
+    let usd = |d: Decimal| Money::new(d, Currency::USD);
+    let policy = Arc::new(KeyPolicy {
+        concurrency: Some(4),
+        rate_windows: vec![RateWindow {
+            window_secs: 3600,
+            max_requests: None,
+            max_tokens: Some(1_000_000),
+            max_cost: None,
+        }],
+        budgets: vec![Budget {
+            period: BudgetPeriod::Total,
+            cap: usd(dec!(1000)),
+        }],
+        ..KeyPolicy::default()
+    });
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let max_seen = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..240usize {
+        let admitter = limiters[i % 3].clone();
+        let settler = limiters[(i + 1) % 3].clone();
+        let again = limiters[(i + 2) % 3].clone();
+        let (key, policy) = (key.clone(), policy.clone());
+        let (in_flight, max_seen) = (in_flight.clone(), max_seen.clone());
+        tasks.push(tokio::spawn(async move {
+            let rid = RequestId::new();
+            // Estimate 0.10 and 1000 tokens; actual 0.01 to 0.08 and 100 tokens.
+            let ticket = match admitter
+                .admit(&request(&key, &policy, &rid, dec!(0.10)))
+                .await
+                .expect("redis answers")
+            {
+                Ok(t) => t,
+                Err(Denial::Concurrency { limit: 4, .. }) => return None,
+                Err(other) => panic!("unexpected denial {other:?}"),
+            };
+            let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            max_seen.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            in_flight.fetch_sub(1, Ordering::SeqCst);
+            let actual = Decimal::new(1 + i64::try_from(i % 8).unwrap_or(0), 2);
+            let outcome = settler
+                .settle(&ticket, 100, cost_units(actual))
+                .await
+                .expect("redis answers");
+            assert_eq!(outcome, SettleOutcome::Queued);
+            if i % 3 == 0 {
+                // A retried settlement with other figures: ignored.
+                again
+                    .settle(&ticket, 5000, cost_units(dec!(0.5)))
+                    .await
+                    .expect("redis answers");
+            }
+            Some(actual)
+        }));
+    }
+    let mut spent = Decimal::ZERO;
+    let mut admitted = 0u64;
+    for t in tasks {
+        if let Some(actual) = t.await.expect("task") {
+            spent += actual;
+            admitted += 1;
+        }
+    }
+    assert!(max_seen.load(Ordering::SeqCst) <= 4);
+    assert!(admitted >= 4, "only {admitted} admitted");
+    for l in &limiters {
+        assert_eq!(l.in_flight(&key).await.ok(), Some(0));
+    }
+    // Budget room is exactly 1000 - spent (to the nano-unit), and the window holds 100
+    // tokens per admitted request (1000 with the probe's).
+    let room = dec!(1000) - spent;
+    let probe = &limiters[1];
+    let rid = RequestId::new();
+    assert!(matches!(
+        probe
+            .admit(&request(&key, &policy, &rid, room + dec!(0.000000001)))
+            .await
+            .expect("answers"),
+        Err(Denial::Budget { .. })
+    ));
+    let rid = RequestId::new();
+    probe
+        .admit(&request(&key, &policy, &rid, room))
+        .await
+        .expect("answers")
+        .expect("the room is left");
+    let rid = RequestId::new();
+    let mut tokens = request(&key, &policy, &rid, Decimal::ZERO);
+    tokens.estimated_tokens = 1_000_000 - 100 * admitted - 1000 + 1;
+    assert!(matches!(
+        probe.admit(&tokens).await.expect("answers"),
+        Err(Denial::RateLimited {
+            cap: WindowCap::Tokens,
+            ..
+        })
+    ));
+    tokens.estimated_tokens -= 1;
+    probe
+        .admit(&tokens)
+        .await
+        .expect("answers")
+        .expect("fits to the token");
+    // Only the probes' leases are left: every note was folded in and dropped.
+    let mut conn = support::redis_conn().await.expect("redis");
+    let state_key = RedisLimiter::new(conn.clone(), Arc::new(SystemClock))
+        .with_prefix(prefix.as_str())
+        .redis_key(&key);
+    let raw: Vec<u8> = conn.get(&state_key).await.expect("state");
+    let (leases, notes) = support::records(&raw);
+    assert!(notes.is_empty(), "{notes:?}");
+    assert_eq!(leases.len(), 2, "{leases:?}");
 }
 
 #[tokio::test]
@@ -273,6 +391,11 @@ async fn noscript_after_a_script_flush_is_handled() {
         .await
         .expect("admission survives NOSCRIPT")
         .expect("admitted");
+    // Settlement runs no script; the next admission and the in-flight count do.
+    assert_eq!(
+        limiters[0].settle(&ticket, 0, 0).await.expect("settles"),
+        SettleOutcome::Queued
+    );
     let _: () = redis::cmd("SCRIPT")
         .arg("FLUSH")
         .query_async(&mut conn)
@@ -280,11 +403,22 @@ async fn noscript_after_a_script_flush_is_handled() {
         .expect("flush");
     assert_eq!(
         limiters[0]
-            .settle(&ticket, 0, 0)
+            .in_flight(&key)
             .await
-            .expect("settle survives NOSCRIPT"),
-        SettleOutcome::Settled
+            .expect("in_flight survives NOSCRIPT"),
+        0
     );
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .expect("flush");
+    let rid = RequestId::new();
+    limiters[0]
+        .admit(&request(&key, &policy, &rid, Decimal::ZERO))
+        .await
+        .expect("admission survives NOSCRIPT")
+        .expect("admitted");
 }
 
 #[tokio::test]

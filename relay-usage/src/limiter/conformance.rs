@@ -4,9 +4,15 @@
 //! TTL of [`LEASE_TTL`]. Cases use fresh random key ids, so backends sharing a store (Redis)
 //! need no cleanup between cases. [`limiter_conformance_tests!`](crate::limiter_conformance_tests)
 //! stamps out one `#[tokio::test]` per case.
+//!
+//! Settlement outcomes differ by backend: one that applies settlements at once answers
+//! [`SettleOutcome::Settled`], and [`SettleOutcome::NotFound`] for a settlement that
+//! changes nothing; one that queues them (Redis) answers [`SettleOutcome::Queued`] for
+//! both. So the cases check what a settlement did by its effects (counts, budget room,
+//! leases in flight), and its answer only as far as every backend agrees.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -41,6 +47,8 @@ struct Fixture {
     limiter: Arc<dyn Limiter>,
     key: ApiKeyId,
     policy: Arc<KeyPolicy>,
+    /// Every settlement's answer, and whether it should have changed something.
+    outcomes: Mutex<Vec<(bool, SettleOutcome)>>,
 }
 
 impl Fixture {
@@ -56,6 +64,7 @@ impl Fixture {
             limiter,
             key: ApiKeyId::new(),
             policy: Arc::new(policy),
+            outcomes: Mutex::new(Vec::new()),
         }
     }
 
@@ -91,12 +100,41 @@ impl Fixture {
         }
     }
 
-    async fn settle(&self, t: &Ticket, tokens: u64, cost: &str) -> SettleOutcome {
+    /// Settle a live permit: `Settled`, or `Queued` by a backend that queues settlements.
+    async fn settle(&self, t: &Ticket, tokens: u64, cost: &str) {
+        self.settle_expecting(true, t, tokens, cost).await;
+    }
+
+    /// Settle a permit that is already settled, expired or unknown: nothing may change
+    /// (the caller checks the effects), and a backend that answered `Settled` for a live
+    /// permit must answer `NotFound`.
+    async fn settle_ignored(&self, t: &Ticket, tokens: u64, cost: &str) {
+        self.settle_expecting(false, t, tokens, cost).await;
+    }
+
+    async fn settle_expecting(&self, live: bool, t: &Ticket, tokens: u64, cost: &str) {
         let units = cost_units(Decimal::from_str_exact(cost).unwrap_or_default());
-        self.limiter
+        let outcome = self
+            .limiter
             .settle(t, tokens, units)
             .await
-            .expect("limiter answers")
+            .expect("limiter answers");
+        let mut seen = self.outcomes.lock().unwrap_or_else(|e| e.into_inner());
+        seen.push((live, outcome));
+        // Checked over every answer so far: whether the backend settles at once may show
+        // only after an ignored settlement.
+        let at_once = seen.iter().any(|(_, o)| *o == SettleOutcome::Settled);
+        for &(live, o) in seen.iter() {
+            match (live, o) {
+                (true, SettleOutcome::Settled | SettleOutcome::Queued) => {}
+                (false, SettleOutcome::NotFound) => {}
+                (false, SettleOutcome::Queued) if !at_once => {}
+                _ => panic!(
+                    "settlement answers {seen:?} (true = live permit): a live permit is \
+                     Settled or Queued, another NotFound, or Queued on a queueing backend"
+                ),
+            }
+        }
     }
 }
 
@@ -117,7 +155,7 @@ pub async fn request_window_and_edges(make: Factory) {
     let f = Fixture::new(&make, requests_window(60, 3));
     for _ in 0..3 {
         let t = f.admit_ok(0, "0").await;
-        assert_eq!(f.settle(&t, 0, "0").await, SettleOutcome::Settled);
+        f.settle(&t, 0, "0").await;
     }
     match f.try_admit(0, "0").await {
         Err(Denial::RateLimited {
@@ -160,7 +198,7 @@ pub async fn token_and_cost_caps_follow_settlement(make: Factory) {
         other => panic!("expected a token denial, got {other:?}"),
     }
     // Actual use was far below the estimate: the difference is returned.
-    assert_eq!(f.settle(&t, 100, "0.05").await, SettleOutcome::Settled);
+    f.settle(&t, 100, "0.05").await;
     let t2 = f.admit_ok(850, "0.9").await;
     match f.try_admit(10, "0.1").await {
         Err(Denial::RateLimited {
@@ -170,12 +208,13 @@ pub async fn token_and_cost_caps_follow_settlement(make: Factory) {
         other => panic!("expected a cost denial, got {other:?}"),
     }
     // Actual above the estimate is charged too: 0.05 + 0.94 = 0.99 spent.
-    assert_eq!(f.settle(&t2, 850, "0.94").await, SettleOutcome::Settled);
+    f.settle(&t2, 850, "0.94").await;
     assert!(f.try_admit(10, "0.011").await.is_err());
     assert!(f.try_admit(10, "0.01").await.is_ok());
 }
 
-/// Settling twice changes nothing; settling an unknown permit changes nothing.
+/// Settling twice changes nothing (the first settlement counts); settling an unknown
+/// permit, or one of another key, changes nothing.
 pub async fn settle_is_idempotent_and_unknown_permits_are_ignored(make: Factory) {
     let policy = KeyPolicy {
         budgets: vec![Budget {
@@ -186,14 +225,17 @@ pub async fn settle_is_idempotent_and_unknown_permits_are_ignored(make: Factory)
     };
     let f = Fixture::new(&make, policy);
     let t = f.admit_ok(0, "4").await;
-    assert_eq!(f.settle(&t, 0, "1").await, SettleOutcome::Settled);
-    assert_eq!(f.settle(&t, 0, "0").await, SettleOutcome::NotFound);
+    f.settle(&t, 0, "1").await;
+    // A second settlement with other figures: the first one stands.
+    f.settle_ignored(&t, 0, "0").await;
     let mut unknown = t.clone();
     unknown.request_id = RequestId::new();
-    assert_eq!(f.settle(&unknown, 0, "0").await, SettleOutcome::NotFound);
+    f.settle_ignored(&unknown, 0, "0").await;
     let mut other_key = t.clone();
     other_key.key = ApiKeyId::new();
-    assert_eq!(f.settle(&other_key, 0, "0").await, SettleOutcome::NotFound);
+    f.settle_ignored(&other_key, 0, "0").await;
+    assert_eq!(f.limiter.in_flight(&other_key.key).await.ok(), Some(0));
+    assert_eq!(f.limiter.in_flight(&f.key).await.ok(), Some(0));
     // Spent is exactly 1: 9 more fit, 9.01 does not.
     assert!(matches!(
         f.try_admit(0, "9.01").await,
@@ -221,7 +263,15 @@ pub async fn concurrency_leases(make: Factory) {
     assert_eq!(f.limiter.in_flight(&f.key).await.ok(), Some(2));
     f.settle(&a, 0, "0").await;
     assert_eq!(f.limiter.in_flight(&f.key).await.ok(), Some(1));
+    // Settling it again releases nothing more: b still holds its slot.
+    f.settle_ignored(&a, 0, "0").await;
+    assert_eq!(f.limiter.in_flight(&f.key).await.ok(), Some(1));
     f.admit_ok(0, "0").await;
+    assert!(matches!(
+        f.try_admit(0, "0").await,
+        Err(Denial::Concurrency { limit: 2, .. })
+    ));
+    assert_eq!(f.limiter.in_flight(&f.key).await.ok(), Some(2));
 }
 
 /// Leases expire on their own; a heartbeat keeps one alive; an expired one cannot settle.
@@ -241,10 +291,35 @@ pub async fn leases_expire_and_heartbeats_extend_them(make: Factory) {
     // The lease expired: the slot is free, and the stale ticket changes nothing.
     let fresh = f.admit_ok(0, "0").await;
     assert!(!f.limiter.heartbeat(&kept).await.expect("answers"));
-    assert_eq!(f.settle(&kept, 0, "0").await, SettleOutcome::NotFound);
+    f.settle_ignored(&kept, 0, "0").await;
     assert_eq!(f.limiter.in_flight(&f.key).await.ok(), Some(1));
-    assert_eq!(f.settle(&fresh, 0, "0").await, SettleOutcome::Settled);
+    assert!(f.try_admit(0, "0").await.is_err());
+    f.settle(&fresh, 0, "0").await;
     assert_eq!(f.limiter.in_flight(&f.key).await.ok(), Some(0));
+    // A settled lease cannot be extended.
+    assert!(!f.limiter.heartbeat(&fresh).await.expect("answers"));
+    f.admit_ok(0, "0").await;
+}
+
+/// A settlement after its lease expired changes nothing: the estimate stays counted.
+pub async fn a_late_settlement_keeps_the_reservation(make: Factory) {
+    let policy = KeyPolicy {
+        budgets: vec![Budget {
+            period: BudgetPeriod::Total,
+            cap: usd("10"),
+        }],
+        ..KeyPolicy::default()
+    };
+    let f = Fixture::new(&make, policy);
+    let late = f.admit_ok(0, "4").await;
+    let on_time = f.admit_ok(0, "1").await;
+    f.settle(&on_time, 0, "0.5").await;
+    f.advance(i64::try_from(LEASE_TTL.as_millis()).unwrap_or(i64::MAX) + 1);
+    assert_eq!(f.limiter.in_flight(&f.key).await.ok(), Some(0));
+    f.settle_ignored(&late, 0, "1").await;
+    // Spent: 4 (the late one's estimate) + 0.5.
+    assert!(f.try_admit(0, "5.51").await.is_err());
+    f.admit_ok(0, "5.5").await;
 }
 
 /// A daily budget in Asia/Shanghai resets at local midnight (16:00 UTC).
@@ -516,6 +591,7 @@ macro_rules! limiter_conformance_tests {
             settle_is_idempotent_and_unknown_permits_are_ignored,
             concurrency_leases,
             leases_expire_and_heartbeats_extend_them,
+            a_late_settlement_keeps_the_reservation,
             daily_budget_resets_at_local_midnight,
             weekly_and_monthly_budgets,
             static_rules_refuse_without_counting,

@@ -1,8 +1,10 @@
 //! Redis limiter: limits shared by every gateway instance.
 //!
 //! Each admission is one `EVALSHA` of the admission script generated for the policy's
-//! shape, and each settlement one of `settle.lua`, so check and increment can never
-//! interleave with another instance's.
+//! shape, so check and increment can never interleave with another instance's. Each
+//! settlement is one plain `APPEND` of a 32-byte settlement note, which the key's next
+//! admission applies exactly once (a duplicate or late settlement is ignored then), so
+//! [`Limiter::settle`] answers [`SettleOutcome::Queued`].
 //!
 //! ## Data layout
 //!
@@ -10,13 +12,13 @@
 //! its lease records) is **one Redis string** of little-endian doubles, at
 //! `{prefix}:rl:{<key id>}` (the hash tag is the key id, so the scripts run unchanged on
 //! Redis Cluster). The admission script is generated per shape of policy and keeps every
-//! value in a Lua local; a settlement rewrites only its lease's 32-byte record, which the
-//! next admission folds in. The layout, and why it is laid out so, are documented in
-//! `limiter/redis/shape.rs`. Each
-//! admission runs two commands (`GET`, then `SETRANGE` of the counters or `SET` of the
-//! whole state), each settlement two (`GET`, `SETRANGE`); see the README for the measured
-//! cost against a raw one-`INCR` script. Lease ids are 52 bits of the request id (exact
-//! in Lua's doubles).
+//! value in a Lua local; settlement notes are appended to the same string, and the next
+//! admission folds them in. The layout, and why it is laid out so, are documented in
+//! `limiter/redis/shape.rs`. Each admission runs two commands (`GET`, then `SETRANGE` of
+//! the counters or `SET` of the whole state), each settlement one (`APPEND`): at most four
+//! commands per relayed request, heartbeats of long streams aside; see the README for the
+//! measured cost against a raw one-`INCR` script. Lease ids are 52 bits of the request id
+//! (exact in Lua's doubles).
 //!
 //! Limits of this backend: at most 8 rate windows and 8 budgets per policy (more is
 //! refused as [`LimiterError::Unavailable`]); a window counts only the dimensions it caps,
@@ -24,7 +26,8 @@
 //! request admitted under an earlier policy corrects the budgets whose current period it
 //! was admitted in, matched by period rather than by the old policy's list. A state in an
 //! unknown format (for example one written by an older version of these scripts) makes
-//! the admission fail rather than be misread.
+//! the admission fail rather than be misread; a string of settlement notes only (appended
+//! after the state expired) is no state.
 //!
 //! Time comes from the caller's [`Clock`](relay_core::Clock), so instances should run NTP;
 //! a lagging instance's older budget period never resets a newer one's spend.
@@ -54,7 +57,7 @@ mod shape;
 
 use shape::Shape;
 
-const SETTLE: &str = include_str!("redis/settle.lua");
+const DROP_ORPHAN: &str = include_str!("redis/drop_orphan.lua");
 const HEARTBEAT: &str = include_str!("redis/heartbeat.lua");
 const IN_FLIGHT: &str = include_str!("redis/in_flight.lua");
 
@@ -79,7 +82,7 @@ pub struct RedisLimiter {
     fail_mode: FailMode,
     /// Admission scripts by policy shape (a handful per deployment).
     admit: Arc<RwLock<HashMap<Shape, Arc<Script>>>>,
-    settle: Arc<Script>,
+    drop_orphan: Arc<Script>,
     heartbeat: Arc<Script>,
     in_flight: Arc<Script>,
 }
@@ -109,6 +112,9 @@ fn doubles(values: &[i64]) -> Vec<u8> {
     }
     out
 }
+
+/// Bytes of a settlement note (four doubles).
+const NOTE_BYTES: u64 = 32;
 
 /// How a lease id is stored in its record: negative, so it never equals a counter.
 fn stored_lease_id(id: u64) -> i64 {
@@ -142,7 +148,7 @@ impl RedisLimiter {
             timeout: Duration::from_millis(250),
             fail_mode: FailMode::Closed,
             admit: Arc::new(RwLock::new(HashMap::new())),
-            settle: Arc::new(Script::new(SETTLE)),
+            drop_orphan: Arc::new(Script::new(DROP_ORPHAN)),
             heartbeat: Arc::new(Script::new(HEARTBEAT)),
             in_flight: Arc::new(Script::new(IN_FLIGHT)),
         }
@@ -211,6 +217,19 @@ impl RedisLimiter {
                     )))
                 }
             }
+        }
+    }
+
+    /// One plain command, with the call timeout.
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, LimiterError> {
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(self.timeout, cmd.query_async(&mut conn)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(LimiterError::Unavailable(e.to_string())),
+            Err(_) => Err(LimiterError::Unavailable(format!(
+                "redis did not answer within {:?}",
+                self.timeout
+            ))),
         }
     }
 
@@ -366,19 +385,29 @@ impl Limiter for RedisLimiter {
         tokens: u64,
         cost_units: u64,
     ) -> Result<SettleOutcome, LimiterError> {
-        let record = doubles(&[
-            self.clock.now_millis(),
-            -1 - ticket.admitted_at_ms.max(0),
+        // The note's settle time is negative, which tells it from a live lease's expiry.
+        let note = doubles(&[
+            stored_lease_id(lease_id(&ticket.request_id)),
+            -1 - self.clock.now_millis().max(0),
             delta(tokens, ticket.reserved_tokens),
             delta(cost_units, ticket.reserved_cost_units),
         ]);
-        let mut inv = self.settle.prepare_invoke();
-        inv.key(self.redis_key(&ticket.key))
-            .arg(doubles(&[stored_lease_id(lease_id(&ticket.request_id))]))
-            .arg(record);
-        match self.run::<i64>(inv).await {
-            Ok(1) => Ok(SettleOutcome::Settled),
-            Ok(_) => Ok(SettleOutcome::NotFound),
+        let key = self.redis_key(&ticket.key);
+        let mut append = redis::cmd("APPEND");
+        append.arg(&key).arg(note);
+        match self.query::<u64>(&append).await {
+            Ok(len) => {
+                if len == NOTE_BYTES {
+                    // The key held nothing: the state is gone, so this settlement is late
+                    // and ignored anyway. Delete the note rather than leave it without TTL.
+                    let mut inv = self.drop_orphan.prepare_invoke();
+                    inv.key(&key);
+                    if let Err(e) = self.run::<i64>(inv).await {
+                        tracing::debug!(error = %e, "could not drop an orphan settlement note");
+                    }
+                }
+                Ok(SettleOutcome::Queued)
+            }
             Err(e) if self.fail_mode == FailMode::Open => {
                 tracing::warn!(error = %e, "redis limiter unavailable; settlement dropped");
                 Ok(SettleOutcome::NotFound)

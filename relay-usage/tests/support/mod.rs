@@ -32,6 +32,28 @@ pub async fn redis_conn() -> Option<ConnectionManager> {
     }
 }
 
+/// The records of a limiter state (layout in `limiter/redis/shape.rs`): the leases, as
+/// (stored id, expiry), and the stored lease ids of the settlement notes. Old-format
+/// settled records are skipped.
+pub fn records(raw: &[u8]) -> (Vec<(i64, i64)>, Vec<i64>) {
+    let value = |at: usize| {
+        let bytes: [u8; 8] = raw[at..at + 8].try_into().expect("8 bytes");
+        f64::from_le_bytes(bytes) as i64
+    };
+    let first = usize::try_from(value(0) - 1).expect("a state, not notes only");
+    assert_eq!((raw.len() - first) % 32, 0, "{raw:?}");
+    let (mut leases, mut notes) = (Vec::new(), Vec::new());
+    for at in (first..raw.len()).step_by(32) {
+        let (id, second) = (value(at), value(at + 8));
+        match (id < 0, second < 0) {
+            (true, false) => leases.push((id, second)),
+            (true, true) => notes.push(id),
+            _ => {}
+        }
+    }
+    (leases, notes)
+}
+
 /// A key prefix no other test uses.
 pub fn unique_prefix() -> String {
     format!(

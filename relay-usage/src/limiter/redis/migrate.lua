@@ -1,7 +1,17 @@
   -- Not this policy's layout (or no state yet): rebuild the state in the policy's layout,
   -- keeping the counts of the windows (matched by length, per counted dimension) and
-  -- budgets (matched by period) that the policy kept, and every lease record.
+  -- budgets (matched by period) that the policy kept, and every record (leases, notes).
   -- Set just before this block: masks, codes, lens, new_shape (the policy's layout).
+  if raw and #raw % 32 == 0 then
+    -- Settlement notes appended after the state expired (or was deleted), and nothing
+    -- else: their leases are gone with the state, so this is no state.
+    local only = true
+    for p = 1, #raw, 32 do
+      local a, e = sunpack('<dd', raw, p)
+      if a >= 0 or e >= 0 then only = false; break end
+    end
+    if only then raw = nil end
+  end
   local function shape_of(s)
     local nb = s % 16; s = (s - nb) / 16
     local nw = s % 16; s = (s - nw) / 16

@@ -16,23 +16,50 @@
 //!       per budget: period start
 //! hot:  per window: current count of each counted dimension, per budget: spent
 //! records, 32 bytes each, from byte `first`:
-//!   live lease:    -2 - lease id, expiry, (two values read only once settled)
-//!   settled lease: settle time, -1 - admitted at, token delta, cost delta
+//!   live lease:      -2 - lease id, expiry, admitted at, (unused)
+//!   settlement note: -2 - lease id, -1 - settle time, token delta, cost delta
+//!   settled lease (written in place by the previous version of settlement):
+//!                    settle time, -1 - admitted at, token delta, cost delta
 //!   (an expired lease keeps a positive expiry at or before now; admissions drop it)
 //! ```
 //!
 //! A window counts requests, tokens and cost only if it caps them (a cap added later
 //! counts from the change on). The padding makes the fixed part a multiple of 32 bytes,
 //! so a record boundary is any offset that is a multiple of 32 bytes from the end, and a
-//! negative lease id can never match a fixed value (all >= -1): a settlement finds its
-//! lease with one `string.find`, without decoding anything.
+//! negative lease id can never match a fixed value (all >= -1): a heartbeat finds its
+//! lease with `string.find`, without decoding anything.
 //!
-//! Settlement overwrites the lease's record in place (`SETRANGE`) with the actual usage's
-//! deltas; the next admission folds settled records into the counters before deciding,
-//! exactly as if they had been applied at settlement (they land in the same buckets and
-//! periods, and nothing else moves buckets in between). An admission that changes only
-//! the hot values and reuses the first record slot writes just those bytes (`SETRANGE`);
-//! any other admission rewrites the state (`SET`).
+//! ## Settlement notes
+//!
+//! Settlement is one `APPEND` of a note (no script, no read). Only `APPEND` adds notes,
+//! and an admission that finds any rewrites the state without them (`SET`; a refusal
+//! writes nothing and leaves them to the next admission), so the notes are always the
+//! tail of the records: an admission finds them by reading records backwards from the
+//! end, which costs one decode when there are none. A note settles
+//! its lease if the lease was still live when it was settled (expiry > settle time); the
+//! admission then folds the note's deltas into the counters as of the lease's admission
+//! time, exactly as if they had been applied at settlement (they land in the same
+//! buckets and periods, and nothing else moves buckets in between), and drops the lease.
+//! The first note of a lease wins; a later one (a duplicate settlement), one for an
+//! unknown lease, and one settled after its lease expired (the reservation stays counted)
+//! are dropped with the rest. A note's second value is negative and a live lease's
+//! positive, which tells them apart; an in-place settled record starts with a positive
+//! settle time. Those are still folded, for states and instances of the previous version
+//! during an upgrade (a lease that version admitted has no admission time: a note for it
+//! releases the lease but may leave its estimate counted, as a late settlement does).
+//!
+//! `APPEND` to a missing key (the state expired or was deleted) creates a string of notes
+//! only; the admission treats it as no state. The state outlives every live lease by at
+//! least one lease TTL (an admission keeps it for at least twice the lease TTL, and a
+//! heartbeat pushes it out to twice the lease TTL from then), so only a settlement that
+//! came a lease TTL or more after its lease expired, which changes nothing anyway, can
+//! find no state. The limiter then deletes the notes-only string again
+//! (`drop_orphan.lua`); if that fails, the 32-byte note lives without a TTL until the
+//! key's next admission overwrites it.
+//!
+//! An admission that changes only the hot values, reuses the first record slot and finds
+//! no notes writes just those bytes (`SETRANGE`); any other admission rewrites the
+//! state (`SET`).
 
 use std::fmt::Write as _;
 
@@ -219,19 +246,44 @@ impl Shape {
         );
         o.push_str(MIGRATE);
         let _ = writeln!(o, "  {state}, pos = sunpack({}, raw)\nend", fmt(fix));
-        // Fold settled records into the counters; count live leases.
+        // Settlement notes are the tail of the records: collect them from the end (no table
+        // when there are none), the first note of a lease winning.
         let _ = writeln!(
             o,
             "local n, live, reuse = #raw, 0, false\n\
-             while pos < n do\n  \
-               local _, e, dt, dc = sunpack('<dddd', raw, pos)\n  \
-               if e > now then\n    \
+             local notes, tail = nil, n + 1\n\
+             while tail > {first} do\n  \
+               local a, e = sunpack('<dd', raw, tail - 32)\n  \
+               if a >= 0 or e >= 0 then break end\n  \
+               tail = tail - 32\n  \
+               if not notes then notes = {{}} end\n  \
+               notes[a] = tail\n\
+             end"
+        );
+        // Fold settled leases into the counters; count live leases.
+        let _ = writeln!(
+            o,
+            "while pos < tail do\n  \
+               local a, e, v, w = sunpack('<dddd', raw, pos)\n  \
+               local adm, dt, dc\n  \
+               if e < 0 then\n    \
+                 -- Settled in place by the previous version: settle time, -1 - admitted at.\n    \
+                 if a >= 0 then adm, dt, dc = -1 - e, v, w end\n  \
+               elseif notes then\n    \
+                 local at = notes[a]\n    \
+                 if at and at > 0 then\n      \
+                   local st\n      \
+                   st, dt, dc = sunpack('<ddd', raw, at + 8)\n      \
+                   -- Only a note settled while its lease was live counts, and only once.\n      \
+                   if e > -1 - st then adm, notes[a] = v, -pos end\n    \
+                 end\n  \
+               end\n  \
+               if e > now and not adm then\n    \
                  live = live + 1\n  \
                else\n    \
                  -- The new lease can take the first record's slot if it is the only one freed.\n    \
                  reuse = pos == {first}\n    \
-                 if e < 0 then\n      \
-                   local adm = -1 - e"
+                 if adm then"
         );
         for (i, &m) in self.masks.iter().enumerate() {
             let i = i + 1;
@@ -368,19 +420,22 @@ impl Shape {
         let _ = write!(
             o,
             "local keep = expire > 0 and untl >= 0 and untl - now >= expire\n\
-             if keep and reuse and not cold_dirty then\n  \
-               -- Only the hot values and the first record's id and expiry change: write just\n  \
-               -- those (the record's other two values are only read once it is settled).\n  \
-               redis.call('SETRANGE', KEYS[1], '{hot_at}', spack({hot_fmt}, {hot_list}id, lexp))\n  \
+             if keep and reuse and not cold_dirty and not notes then\n  \
+               -- Only the hot values and the first record's id, expiry and admission time\n  \
+               -- change: write just those (the record's last value is unused).\n  \
+               redis.call('SETRANGE', KEYS[1], '{hot_at}', spack({hot_fmt}, {hot_list}id, lexp, now))\n  \
                return 1\n\
              end\n\
              if not keep then\n  \
                if expire > 0 then untl = now + 2 * expire else untl = -1 end\n\
              end\n\
-             local body, p = spack({full_fmt}, {state}, id, lexp, 0, 0), {first}\n\
-             while p < n do\n  \
-               local _, e = sunpack('<dd', raw, p)\n  \
-               if e > now then body = body .. raw:sub(p, p + 31) end\n  \
+             -- Keep the live leases: notes, and the leases they settled, go.\n\
+             local body, p = spack({full_fmt}, {state}, id, lexp, now, 0), {first}\n\
+             while p < tail do\n  \
+               local a, e = sunpack('<dd', raw, p)\n  \
+               if e > now and not (notes and notes[a] == -p) then\n    \
+                 body = body .. raw:sub(p, p + 31)\n  \
+               end\n  \
                p = p + 32\n\
              end\n\
              if keep then\n  \
@@ -392,7 +447,7 @@ impl Shape {
              end\n\
              return 1\n",
             hot_at = cold.len() * 8,
-            hot_fmt = fmt(hot.len() + 2),
+            hot_fmt = fmt(hot.len() + 3),
             full_fmt = fmt(fix + 4),
         );
         o
