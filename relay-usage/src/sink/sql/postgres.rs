@@ -168,9 +168,9 @@ impl UsageRecordStore for PgUsageStore {
         let mut qb: QueryBuilder<'_, Postgres> =
             QueryBuilder::new(format!("INSERT INTO usage_records ({RECORD_COLUMNS}) "));
         qb.push_values(events, |mut b, e| {
-            b.push_bind(e.request_id.to_string())
-                .push_bind(e.user_id.to_string())
-                .push_bind(e.key_id.to_string())
+            b.push_bind(e.request_id.as_str())
+                .push_bind(e.user_id.as_str())
+                .push_bind(e.key_id.as_str())
                 .push_bind(e.service.as_str())
                 .push_bind(clean_model(&e.model));
             for c in usage_to_db(&e.usage) {

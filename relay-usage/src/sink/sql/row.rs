@@ -37,8 +37,12 @@ pub(crate) fn from_db(n: i64, column: &str) -> Result<u64, SinkError> {
 
 /// Model names are stored without NUL characters (PostgreSQL text cannot hold them, and
 /// an event must never become a batch that no retry can write).
-pub(crate) fn clean_model(model: &str) -> String {
-    model.replace('\0', "\u{FFFD}")
+pub(crate) fn clean_model(model: &str) -> std::borrow::Cow<'_, str> {
+    if model.contains('\0') {
+        std::borrow::Cow::Owned(model.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(model)
+    }
 }
 
 /// The six counts of a usage, as stored.
