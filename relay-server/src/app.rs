@@ -647,6 +647,8 @@ impl Gateway {
 
     /// Serve on `listener` until `shutdown`, then drain in-flight requests (streams
     /// included), write the queued usage records, stop the jobs, flush buffered key uses, stop the demo upstream and close the database.
+    /// Connections are served by this runtime's tasks; `relay-server` itself uses
+    /// [`Gateway::serve_on_threads`].
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
@@ -656,17 +658,30 @@ impl Gateway {
         let app = self.router();
         // Answers go out as soon as they are written: without TCP_NODELAY the end of a
         // streamed body can wait for the client's ACK of the previous segment (Nagle).
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "TCP_NODELAY not set on an accepted connection");
-            }
-        });
+        let listener = listener.tap_io(crate::serve::set_nodelay);
         axum::serve(
             listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(shutdown)
         .await?;
+        self.finish().await
+    }
+
+    /// As [`Gateway::serve`], with connections handed to `threads` threads, each running a
+    /// single-threaded runtime of its own (see [`crate::serve`] for why).
+    pub async fn serve_on_threads(
+        self,
+        listener: tokio::net::TcpListener,
+        threads: usize,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        crate::serve::on_threads(self.router(), listener, threads, shutdown).await?;
+        self.finish().await
+    }
+
+    /// After the last connection: flush and stop everything in order.
+    async fn finish(self) -> Result<(), ServerError> {
         tracing::info!("in-flight requests drained; flushing");
         if let Some(a) = &self.state.usage_aggregates {
             if let Err(e) = a.shutdown().await {

@@ -5,6 +5,7 @@
 //! | `DATABASE_URL` | `sqlite://relay.db` | `sqlite://PATH` (embedded) or `postgres://…` |
 //! | `REDIS_URL` | unset | unset: in-memory limiter, one instance; set: shared limiter |
 //! | `RELAY_BIND` | `127.0.0.1:8080` | address to listen on |
+//! | `RELAY_HTTP_THREADS` | the number of CPUs | threads serving HTTP (1 to 256); each runs a single-threaded runtime, takes whole connections from the acceptor in turn and keeps its own upstream connections, so a request never changes thread |
 //! | `RELAY_CONFIG` (`--config`) | unset | a TOML file; it fills what flags and the environment leave at their default |
 //! | `RELAY_DEMO` (`--demo`) | off | seed a demo user and key, relay every service to an in-process upstream |
 //! | `RELAY_DEMO_KEY` | random | the demo key's value (`rk_live_` + 43 base64url characters) |
@@ -156,6 +157,9 @@ pub struct Args {
     /// Largest request body relayed, in bytes.
     #[arg(long, env = "RELAY_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Threads serving HTTP (default: the number of CPUs).
+    #[arg(long, env = "RELAY_HTTP_THREADS")]
+    pub http_threads: Option<usize>,
     /// Upstream connect timeout in seconds.
     #[arg(long, env = "RELAY_CONNECT_TIMEOUT_SECS")]
     pub connect_timeout_secs: Option<u64>,
@@ -248,6 +252,7 @@ impl Default for Args {
             key_pepper: None,
             price_catalog: None,
             max_body_bytes: None,
+            http_threads: None,
             connect_timeout_secs: None,
             idle_timeout_secs: None,
             anthropic_api_keys: None,
@@ -295,6 +300,8 @@ pub struct FileConfig {
     pub price_catalog: Option<PathBuf>,
     /// As `RELAY_MAX_BODY_BYTES`.
     pub max_body_bytes: Option<usize>,
+    /// As `RELAY_HTTP_THREADS`.
+    pub http_threads: Option<usize>,
     /// As `RELAY_CONNECT_TIMEOUT_SECS`.
     pub connect_timeout_secs: Option<u64>,
     /// As `RELAY_IDLE_TIMEOUT_SECS`.
@@ -639,6 +646,8 @@ pub struct Config {
     pub price_catalog: Option<PathBuf>,
     /// Largest request body relayed.
     pub max_body_bytes: usize,
+    /// Threads serving HTTP, each with its own listener and upstream connections.
+    pub http_threads: usize,
     /// Upstream timeouts.
     pub timeouts: UpstreamTimeouts,
     /// Upstream accounts from the file and the environment.
@@ -732,6 +741,7 @@ impl Config {
         merged.key_pepper = merged.key_pepper.or(file.key_pepper);
         merged.price_catalog = merged.price_catalog.or(file.price_catalog);
         merged.max_body_bytes = merged.max_body_bytes.or(file.max_body_bytes);
+        merged.http_threads = merged.http_threads.or(file.http_threads);
         merged.connect_timeout_secs = merged.connect_timeout_secs.or(file.connect_timeout_secs);
         merged.idle_timeout_secs = merged.idle_timeout_secs.or(file.idle_timeout_secs);
         let mut config = Self::from_args(&merged)?;
@@ -801,6 +811,15 @@ impl Config {
                 expected: "between 1024 and 1073741824",
             });
         }
+        let http_threads = args.http_threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        if !(1..=256).contains(&http_threads) {
+            return Err(ConfigError::Range {
+                name: "RELAY_HTTP_THREADS",
+                expected: "between 1 and 256",
+            });
+        }
         let secs = |v: Option<u64>, default: u64, name: &'static str| match v.unwrap_or(default) {
             0 | 3601.. => Err(ConfigError::Range {
                 name,
@@ -841,6 +860,7 @@ impl Config {
             key_pepper,
             price_catalog: args.price_catalog.clone(),
             max_body_bytes,
+            http_threads,
             timeouts,
             accounts,
             stripe,
@@ -989,6 +1009,15 @@ mod tests {
             },
             "RELAY_API_MAX_BODY_BYTES",
         );
+        for threads in [0, 257] {
+            bad(
+                Args {
+                    http_threads: Some(threads),
+                    ..Args::default()
+                },
+                "RELAY_HTTP_THREADS",
+            );
+        }
         for limit in ["10", "0/60", "10/0", "ten/60", "10/90000"] {
             bad(
                 Args {
@@ -1018,6 +1047,8 @@ mod tests {
             assert_eq!(c.database, DatabaseUrl::Sqlite("sqlite://relay.db".into()));
             assert_eq!(c.bind, "127.0.0.1:8080".parse().unwrap());
         }
+        let c = Config::from_args(&Args::default()).unwrap();
+        assert!(c.http_threads >= 1, "one HTTP thread per CPU by default");
     }
 
     #[test]

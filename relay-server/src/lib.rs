@@ -17,6 +17,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod notify;
 pub mod routes;
+mod serve;
 pub mod sink;
 pub mod upstream;
 pub mod usage_charges;
@@ -62,11 +63,13 @@ pub async fn run(
         })?;
     let gateway = Gateway::build(&config).await?;
     let addr = listener.local_addr().unwrap_or(config.bind);
-    tracing::info!(%addr, database = %config.database.redacted(), redis = config.redis_url.is_some(), prices = %gateway.price_source, "relay-server listening");
+    tracing::info!(%addr, http_threads = config.http_threads, database = %config.database.redacted(), redis = config.redis_url.is_some(), prices = %gateway.price_source, "relay-server listening");
     if let Some(seed) = &gateway.demo {
         print_demo_banner(addr, &seed.key);
     }
-    gateway.serve(listener, shutdown).await?;
+    gateway
+        .serve_on_threads(listener, config.http_threads, shutdown)
+        .await?;
     tracing::info!("relay-server stopped");
     Ok(())
 }

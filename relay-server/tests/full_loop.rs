@@ -103,7 +103,7 @@ impl Loop {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(gateway.serve(listener, async {
+        let task = tokio::spawn(gateway.serve_on_threads(listener, 2, async {
             let _ = rx.await;
         }));
         Self {

@@ -66,7 +66,9 @@ pub async fn postgres_redis() -> Option<Backend> {
 }
 
 fn hex_suffix() -> String {
-    relay_core::RequestId::new().as_str()[4..16].to_owned()
+    // The random end of a request id (its first digits are the time).
+    let id = relay_core::RequestId::new();
+    id.as_str()[id.as_str().len() - 12..].to_owned()
 }
 
 /// One account of a test pool (all point at the demo upstream).
@@ -163,7 +165,8 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(gateway.serve(listener, async {
+        // As `relay-server` serves: connections handed to HTTP threads of their own.
+        let task = tokio::spawn(gateway.serve_on_threads(listener, 2, async {
             let _ = rx.await;
         }));
         Self {

@@ -1,0 +1,152 @@
+//! Serving HTTP on several single-threaded runtimes, one connection per thread.
+//!
+//! On tokio's work-stealing runtime a relayed request crossed threads: the connection's
+//! task woke a parked worker to run the upstream connection's task, and that worker woke
+//! the first one with the response: two futex wake-ups per request (seen with `strace` at
+//! one connection), each costing an idle CPU's wake-up on a virtual machine. Here one
+//! acceptor hands each accepted connection, round robin, to one of N threads, each running
+//! a single-threaded runtime, as nginx's workers do: a connection and everything its
+//! requests do (parsing, admission, the upstream call on the thread's own connection pool,
+//! see [`crate::upstream::Relay`], and metering) stay on one thread. Background work
+//! (usage writer, jobs, Redis connections, the database pool) stays on the main runtime.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::serve::{Listener, ListenerExt};
+use axum::Router;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Answers go out as soon as they are written: without `TCP_NODELAY` the end of a streamed
+/// body can wait for the client's ACK of the previous segment (Nagle).
+pub(crate) fn set_nodelay(tcp: &mut TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "TCP_NODELAY not set on an accepted connection");
+    }
+}
+
+/// A thread's side of the acceptor: connections accepted on the main runtime, registered
+/// with this thread's runtime as they are taken.
+struct Handoff {
+    rx: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl Listener for Handoff {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+        loop {
+            let Some((stream, peer)) = self.rx.recv().await else {
+                // The acceptor stopped: shutting down, and the shutdown signal ends serving.
+                return std::future::pending().await;
+            };
+            match TcpStream::from_std(stream) {
+                Ok(stream) => return (stream, peer),
+                Err(e) => {
+                    tracing::warn!(error = %e, %peer, "a connection could not join its thread's runtime")
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+}
+
+/// Serve `app` on `threads` threads until `shutdown`, then stop accepting, let every thread
+/// drain its connections (streams included), and return.
+pub(crate) async fn on_threads(
+    app: Router,
+    listener: TcpListener,
+    threads: usize,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let local = listener.local_addr()?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut senders = Vec::with_capacity(threads);
+    let mut finished = Vec::with_capacity(threads);
+    for i in 0..threads.max(1) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        senders.push(tx);
+        let (done_tx, done_rx) = oneshot::channel();
+        finished.push(done_rx);
+        let app = app.clone();
+        let mut stop = stop_rx.clone();
+        std::thread::Builder::new()
+            .name(format!("relay-http-{i}"))
+            .spawn(move || {
+                let served = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .and_then(|rt| {
+                        rt.block_on(async move {
+                            let listener = Handoff { rx, local }.tap_io(set_nodelay);
+                            axum::serve(
+                                listener,
+                                app.into_make_service_with_connect_info::<SocketAddr>(),
+                            )
+                            .with_graceful_shutdown(async move {
+                                // An error means the sender is gone: stop as well.
+                                let _ = stop.wait_for(|stopping| *stopping).await;
+                            })
+                            .await
+                        })
+                    });
+                // The receiver only goes away if the server's own task was dropped.
+                let _ = done_tx.send(served);
+            })?;
+    }
+    tokio::select! {
+        () = shutdown => {}
+        () = accept_loop(&listener, &senders) => {}
+    }
+    drop(listener);
+    drop(senders);
+    let _ = stop_tx.send(true);
+    let mut first_error = None;
+    for done in finished {
+        let result = done
+            .await
+            .unwrap_or_else(|_| Err(io::Error::other("an HTTP thread ended without a report")));
+        if let Err(e) = result {
+            tracing::error!(error = %e, "an HTTP thread failed");
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Accept forever, handing connections to the threads in turn.
+async fn accept_loop(
+    listener: &TcpListener,
+    threads: &[mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>],
+) {
+    let mut next = 0usize;
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => match stream.into_std() {
+                Ok(stream) => {
+                    if let Some(thread) = threads.get(next % threads.len()) {
+                        // A send fails only once that thread has stopped (shutting down).
+                        let _ = thread.send((stream, peer));
+                    }
+                    next = next.wrapping_add(1);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, %peer, "an accepted connection could not be handed over")
+                }
+            },
+            // Out of file descriptors and the like: accepting again at once would spin.
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
