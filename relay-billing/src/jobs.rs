@@ -109,8 +109,13 @@ pub trait UsageSource: Send + Sync + std::fmt::Debug {
     async fn confirm(&self, batch_id: &str) -> Result<()>;
 }
 
-/// Charge pending usage batches to the ledger. A batch charged before (by a crashed run
-/// or another instance) is a replay and charges nothing again.
+/// Longest a [`usage_to_ledger`] run keeps taking pages of pending batches.
+const USAGE_RUN_BUDGET: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Charge pending usage batches to the ledger, page after page until none is left (or
+/// for at most 30 s: the next run goes on). A batch charged before (by a crashed run or
+/// another instance) is a replay and charges nothing again. One page per run fell behind
+/// for good as soon as traffic brought more batches per period than a page holds.
 pub async fn usage_to_ledger(billing: &Billing, source: &dyn UsageSource) -> Result<JobReport> {
     let store = billing.store();
     let Some(lock) = store.try_job_lock("usage_to_ledger").await? else {
@@ -119,18 +124,32 @@ pub async fn usage_to_ledger(billing: &Billing, source: &dyn UsageSource) -> Res
             ..JobReport::default()
         });
     };
+    let started = std::time::Instant::now();
     let mut report = JobReport::default();
-    for batch in source.pending().await? {
-        match billing.charge_usage(&batch).await {
-            Ok(charge) => {
-                if charge.replayed {
-                    report.unchanged += 1;
-                } else {
-                    report.changed += 1;
+    // A batch offered again in the same run (its charge failed, or the source does not
+    // drop confirmed ones) ends the run rather than looping on it.
+    let mut seen = std::collections::HashSet::new();
+    while started.elapsed() < USAGE_RUN_BUDGET {
+        let page = source.pending().await?;
+        let fresh: Vec<UsageBatch> = page
+            .into_iter()
+            .filter(|b| seen.insert(b.batch_id.clone()))
+            .collect();
+        if fresh.is_empty() {
+            break;
+        }
+        for batch in fresh {
+            match billing.charge_usage(&batch).await {
+                Ok(charge) => {
+                    if charge.replayed {
+                        report.unchanged += 1;
+                    } else {
+                        report.changed += 1;
+                    }
+                    source.confirm(&batch.batch_id).await?;
                 }
-                source.confirm(&batch.batch_id).await?;
+                Err(e) => report.errors.push(format!("{}: {e}", batch.batch_id)),
             }
-            Err(e) => report.errors.push(format!("{}: {e}", batch.batch_id)),
         }
     }
     lock.release().await?;

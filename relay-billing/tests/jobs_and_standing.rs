@@ -91,6 +91,85 @@ impl UsageSource for Batches {
     }
 }
 
+/// Offers at most two pending batches per call, as a paged source does.
+#[derive(Debug, Default)]
+struct PagedBatches(Batches);
+
+#[async_trait]
+impl UsageSource for PagedBatches {
+    async fn pending(&self) -> relay_billing::Result<Vec<UsageBatch>> {
+        let mut page = self.0.pending().await?;
+        page.truncate(2);
+        Ok(page)
+    }
+    async fn confirm(&self, batch_id: &str) -> relay_billing::Result<()> {
+        self.0.confirm(batch_id).await
+    }
+}
+
+#[tokio::test]
+async fn usage_to_ledger_takes_pages_until_none_is_left_and_stops_on_a_failing_batch() {
+    let (billing, _clock) = billing_with(Arc::new(NoKeys)).await;
+    let user = UserId::new();
+    let source = PagedBatches::default();
+    for i in 0..7 {
+        source.0.pending.lock().push(UsageBatch {
+            batch_id: format!("p{i}"),
+            user_id: user.clone(),
+            cost: usd("0.01"),
+        });
+    }
+    // Four pages of two in one run.
+    let r = jobs::usage_to_ledger(&billing, &source).await.unwrap();
+    assert_eq!((r.changed, r.unchanged, r.errors.len()), (7, 0, 0));
+    assert_eq!(source.0.confirmed.lock().len(), 7);
+    assert_eq!(
+        billing
+            .store()
+            .wallet(&user, Currency::USD)
+            .await
+            .unwrap()
+            .balance,
+        usd("-0.07")
+    );
+    // A source that keeps offering what it was told is charged: the run ends instead of
+    // looping, and nothing is charged twice.
+    let stubborn = Batches::default();
+    stubborn.pending.lock().push(UsageBatch {
+        batch_id: "p0".into(),
+        user_id: user.clone(),
+        cost: usd("0.01"),
+    });
+    struct Stubborn<'a>(&'a Batches);
+    impl std::fmt::Debug for Stubborn<'_> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Stubborn")
+        }
+    }
+    #[async_trait]
+    impl UsageSource for Stubborn<'_> {
+        async fn pending(&self) -> relay_billing::Result<Vec<UsageBatch>> {
+            Ok(self.0.pending.lock().clone())
+        }
+        async fn confirm(&self, _batch_id: &str) -> relay_billing::Result<()> {
+            Ok(())
+        }
+    }
+    let r = jobs::usage_to_ledger(&billing, &Stubborn(&stubborn))
+        .await
+        .unwrap();
+    assert_eq!((r.changed, r.unchanged, r.errors.len()), (0, 1, 0));
+    assert_eq!(
+        billing
+            .store()
+            .wallet(&user, Currency::USD)
+            .await
+            .unwrap()
+            .balance,
+        usd("-0.07")
+    );
+}
+
 #[derive(Debug)]
 struct Counters(Vec<(UserId, Money)>);
 
