@@ -3,7 +3,7 @@
 //! Needs the caller's [`Principal`] in request extensions (put there by relay-auth's
 //! `ApiKeyAuthLayer`, or by your own authentication). For LLM routes it reads the request
 //! body (up to [`PolicyLayer::with_max_body_bytes`], 413 beyond), derives
-//! [`RequestFacts`], admits through the [`Limiter`], and passes the request on with the
+//! [`RequestFacts`](crate::RequestFacts), admits through the [`Limiter`], and passes the request on with the
 //! facts and the permit in its extensions for the
 //! [`MeteringLayer`](crate::layer::metering::MeteringLayer). Refusals answer in the shape
 //! of the API the client speaks: 403 for model, service, client or address, 429 with
