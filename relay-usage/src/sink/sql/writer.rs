@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -126,6 +127,9 @@ enum Command {
 pub struct SqlUsageWriter {
     tx: mpsc::Sender<Command>,
     capacity: usize,
+    max_batch: usize,
+    /// Wakes the task for a flush or a full batch (see [`Task::fill_and_write`]).
+    wake: Arc<Notify>,
     stats: Arc<Stats>,
     shutdown: Arc<watch::Sender<Option<Instant>>>,
     task: Arc<Mutex<Option<TaskHandle>>>,
@@ -140,10 +144,13 @@ impl SqlUsageWriter {
         let stats = Arc::new(Stats::default());
         let shutdown_timeout = config.shutdown_timeout;
         let capacity = config.queue_capacity;
+        let max_batch = config.max_batch;
+        let wake = Arc::new(Notify::new());
         let task = Task {
             store,
             config,
             rx,
+            wake: Arc::clone(&wake),
             stats: stats.clone(),
             shutdown: shutdown_rx,
             batch: Vec::new(),
@@ -153,6 +160,8 @@ impl SqlUsageWriter {
         Self {
             tx,
             capacity,
+            max_batch,
+            wake,
             stats,
             shutdown: Arc::new(shutdown),
             task: Arc::new(Mutex::new(Some(handle))),
@@ -177,6 +186,7 @@ impl SqlUsageWriter {
             .send(Command::Flush(done))
             .await
             .map_err(|_| SinkError::Closed)?;
+        self.wake.notify_one();
         wait.await.map_err(|_| SinkError::Closed)
     }
 
@@ -198,9 +208,12 @@ impl SqlUsageWriter {
 impl UsageSink for SqlUsageWriter {
     /// Queue the event, waiting for room when the queue is full.
     async fn record(&self, event: UsageEvent) {
-        if let Err(mpsc::error::SendError(cmd)) =
-            self.tx.send(Command::Event(Box::new(event))).await
-        {
+        let sent = self.tx.send(Command::Event(Box::new(event))).await;
+        if sent.is_ok() && self.queued() >= self.max_batch {
+            // A batch is ready: no need to wait for the flush interval.
+            self.wake.notify_one();
+        }
+        if let Err(mpsc::error::SendError(cmd)) = sent {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
             if let Command::Event(event) = cmd {
                 tracing::error!(?event, "usage writer is shut down; usage event not stored");
@@ -213,6 +226,7 @@ struct Task {
     store: Arc<dyn UsageRecordStore>,
     config: WriterConfig,
     rx: mpsc::Receiver<Command>,
+    wake: Arc<Notify>,
     stats: Arc<Stats>,
     shutdown: watch::Receiver<Option<Instant>>,
     batch: Vec<UsageEvent>,
@@ -243,10 +257,13 @@ impl Task {
     }
 
     /// Batch and write until shutdown is asked or every sender is gone.
+    ///
+    /// While a batch is filling, the task does not wait on the queue, so queueing an event
+    /// wakes nobody: a wake-up per event cost a cross-thread signal on every relayed
+    /// request. It waits on the queue only when it holds nothing; otherwise for the flush
+    /// timer (one, re-armed per batch), a flush request, or a full batch (both signalled
+    /// through `wake`), and then takes everything queued at once.
     async fn fill_and_write(&mut self) -> Result<(), GaveUp> {
-        // One timer, re-armed per batch: a sleep made per received event cost a timer
-        // registration per relayed request. Events are taken as many at a time as are
-        // queued (up to the batch's room), so a busy queue costs one wake-up per run.
         let flush_timer = tokio::time::sleep(Duration::from_secs(3600));
         tokio::pin!(flush_timer);
         let mut armed = false;
@@ -255,11 +272,21 @@ impl Task {
             if self.shutdown.borrow().is_some() {
                 return Ok(());
             }
-            let room = self
-                .config
-                .max_batch
-                .saturating_sub(self.batch.len())
-                .max(1);
+            if self.take_queued() {
+                return Ok(());
+            }
+            if self.batch.len() >= self.config.max_batch || !self.waiting.is_empty() {
+                self.write().await?;
+                armed = false;
+                continue;
+            }
+            if !armed && !self.batch.is_empty() {
+                flush_timer
+                    .as_mut()
+                    .reset(Instant::now() + self.config.flush_interval);
+                armed = true;
+            }
+            let idle = self.batch.is_empty();
             tokio::select! {
                 biased;
                 changed = self.shutdown.changed() => {
@@ -267,22 +294,13 @@ impl Task {
                         return Ok(());
                     }
                 }
-                n = self.rx.recv_many(&mut cmds, room) => {
+                () = self.wake.notified() => {}
+                n = self.rx.recv_many(&mut cmds, self.config.max_batch), if idle => {
                     if n == 0 {
                         return Ok(());
                     }
-                    let mut is_flush = false;
                     for cmd in cmds.drain(..) {
-                        is_flush |= matches!(cmd, Command::Flush(_));
                         self.take(cmd);
-                    }
-                    if !armed && !self.batch.is_empty() {
-                        flush_timer.as_mut().reset(Instant::now() + self.config.flush_interval);
-                        armed = true;
-                    }
-                    if is_flush || self.batch.len() >= self.config.max_batch {
-                        self.write().await?;
-                        armed = false;
                     }
                 }
                 () = &mut flush_timer, if armed => {
@@ -291,6 +309,19 @@ impl Task {
                 }
             }
         }
+    }
+
+    /// Take what is queued, up to a full batch, without waiting. `true` once every sender
+    /// is gone and the queue is empty.
+    fn take_queued(&mut self) -> bool {
+        while self.batch.len() < self.config.max_batch {
+            match self.rx.try_recv() {
+                Ok(cmd) => self.take(cmd),
+                Err(TryRecvError::Empty) => return false,
+                Err(TryRecvError::Disconnected) => return true,
+            }
+        }
+        false
     }
 
     fn take(&mut self, cmd: Command) {
