@@ -206,13 +206,16 @@ impl Gateway {
             Some(url) => {
                 let client = redis::Client::open(url.as_str())
                     .map_err(|e| ServerError::Startup(format!("REDIS_URL: {e}")))?;
-                let conn = redis::aio::ConnectionManager::new(client)
+                let conn = redis::aio::ConnectionManager::new(client.clone())
                     .await
                     .map_err(|e| ServerError::Startup(format!("REDIS_URL: {e}")))?;
+                // Admissions and settlements run on the HTTP threads, each a runtime of its
+                // own: each thread talks to Redis on a connection of its own.
                 let limiter = relay_usage::limiter::redis::RedisLimiter::new(
                     conn.clone(),
                     Arc::clone(&clock),
-                );
+                )
+                .with_connection_per_thread(client);
                 (Arc::new(limiter), Some(conn))
             }
         };

@@ -482,3 +482,122 @@ mod settlement {
         c.assert_room("9").await;
     }
 }
+
+mod per_thread {
+    //! `with_connection_per_thread`: each thread (each with a runtime of its own) talks to
+    //! Redis on its own connection, all of them counting into one state.
+
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    use redis::AsyncCommands;
+    use relay_core::{ApiKeyId, KeyPolicy, RateWindow, RequestId, Service, SystemClock};
+    use relay_usage::limiter::redis::RedisLimiter;
+    use relay_usage::limiter::Limiter;
+    use relay_usage::AdmissionRequest;
+    use rust_decimal::Decimal;
+
+    use super::support;
+
+    /// Admit `n` requests for `key` on `threads` threads, each with its own
+    /// single-threaded runtime; the number admitted.
+    fn admit_on_threads(limiter: &RedisLimiter, key: &ApiKeyId, threads: usize, n: usize) -> u32 {
+        let policy = Arc::new(KeyPolicy {
+            rate_windows: vec![RateWindow {
+                window_secs: 60,
+                max_requests: Some(90),
+                max_tokens: None,
+                max_cost: None,
+            }],
+            ..KeyPolicy::default()
+        });
+        let admitted = Arc::new(AtomicU32::new(0));
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                let (limiter, policy, admitted) =
+                    (limiter.clone(), policy.clone(), admitted.clone());
+                s.spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("runtime");
+                    rt.block_on(async {
+                        for _ in 0..n {
+                            let rid = RequestId::new();
+                            let req = AdmissionRequest {
+                                key,
+                                policy: &policy,
+                                service: Service::Openai,
+                                model: "gpt-4o",
+                                user_agent: None,
+                                ip: None,
+                                estimated_tokens: 10,
+                                estimated_cost: Decimal::ZERO,
+                                min_cost: Decimal::ZERO,
+                                request_id: &rid,
+                            };
+                            if limiter.admit(&req).await.expect("answers").is_ok() {
+                                admitted.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    });
+                });
+            }
+        });
+        admitted.load(Ordering::Relaxed)
+    }
+
+    async fn exists(url: &str, key: &str) -> bool {
+        let client = redis::Client::open(url).expect("url");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis");
+        conn.exists(key).await.expect("EXISTS")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn threads_count_into_one_state_on_their_own_connections() {
+        let Some(shared) = support::redis_conn().await else {
+            return;
+        };
+        // The threads' connections use database 1, the shared one database 0: where the
+        // state lands shows which connection carried the commands.
+        let db1 = format!("{}/1", support::redis_url().trim_end_matches('/'));
+        let limiter = RedisLimiter::new(shared, Arc::new(SystemClock))
+            .with_prefix(support::unique_prefix())
+            .with_connection_per_thread(redis::Client::open(db1.as_str()).expect("url"));
+        let key = ApiKeyId::new();
+        let l = limiter.clone();
+        let k = key.clone();
+        let admitted = tokio::task::spawn_blocking(move || admit_on_threads(&l, &k, 3, 50))
+            .await
+            .expect("threads");
+        assert_eq!(admitted, 90, "150 asked, 90 allowed across three threads");
+        let redis_key = limiter.redis_key(&key);
+        assert!(
+            exists(&db1, &redis_key).await,
+            "state written by the threads' connections"
+        );
+        assert!(!exists(&support::redis_url(), &redis_key).await);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_thread_that_cannot_connect_uses_the_shared_connection() {
+        let Some(shared) = support::redis_conn().await else {
+            return;
+        };
+        let limiter = RedisLimiter::new(shared, Arc::new(SystemClock))
+            .with_prefix(support::unique_prefix())
+            .with_timeout(std::time::Duration::from_millis(500))
+            .with_connection_per_thread(redis::Client::open("redis://127.0.0.1:1").expect("url"));
+        let key = ApiKeyId::new();
+        let l = limiter.clone();
+        let k = key.clone();
+        let admitted = tokio::task::spawn_blocking(move || admit_on_threads(&l, &k, 2, 10))
+            .await
+            .expect("threads");
+        assert_eq!(admitted, 20);
+        assert!(exists(&support::redis_url(), &limiter.redis_key(&key)).await);
+    }
+}

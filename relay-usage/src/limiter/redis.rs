@@ -53,7 +53,10 @@ use super::{
     SettleOutcome, Ticket, WindowCap,
 };
 
+mod per_thread;
 mod shape;
+
+use per_thread::PerThreadConnections;
 
 use shape::Shape;
 
@@ -75,6 +78,8 @@ pub enum FailMode {
 #[derive(Clone)]
 pub struct RedisLimiter {
     conn: ConnectionManager,
+    /// Set by [`RedisLimiter::with_connection_per_thread`].
+    per_thread: Option<PerThreadConnections>,
     clock: SharedClock,
     prefix: Arc<str>,
     lease_ttl_ms: i64,
@@ -142,6 +147,7 @@ impl RedisLimiter {
     pub fn new(conn: ConnectionManager, clock: SharedClock) -> Self {
         Self {
             conn,
+            per_thread: None,
             clock,
             prefix: Arc::from("relay"),
             lease_ttl_ms: millis(super::memory::DEFAULT_LEASE_TTL),
@@ -182,6 +188,25 @@ impl RedisLimiter {
         self
     }
 
+    /// Open a connection per calling thread (on first use, on that thread's runtime) from
+    /// `client`, and use the shared one only when that fails. For servers that run a
+    /// single-threaded runtime per thread: a command on the shared connection goes through
+    /// the thread driving it and back. Costs one connection per thread per limiter.
+    pub fn with_connection_per_thread(mut self, client: redis::Client) -> Self {
+        self.per_thread = Some(PerThreadConnections::new(client));
+        self
+    }
+
+    /// The connection for this call: this thread's own when so configured.
+    async fn connection(&self) -> ConnectionManager {
+        if let Some(per_thread) = &self.per_thread {
+            if let Some(conn) = per_thread.get(self.timeout).await {
+                return conn;
+            }
+        }
+        self.conn.clone()
+    }
+
     /// Fail closed (default) or open when Redis is unreachable.
     pub fn with_fail_mode(mut self, mode: FailMode) -> Self {
         self.fail_mode = mode;
@@ -197,7 +222,7 @@ impl RedisLimiter {
         &self,
         inv: redis::ScriptInvocation<'_>,
     ) -> Result<T, LimiterError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection().await;
         let deadline = tokio::time::Instant::now() + self.timeout;
         // `invoke_async` loads the script on NOSCRIPT and retries once; a `SCRIPT FLUSH`
         // landing between that load and the retry (or a failover to a replica without the
@@ -222,7 +247,7 @@ impl RedisLimiter {
 
     /// One plain command, with the call timeout.
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, LimiterError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection().await;
         match tokio::time::timeout(self.timeout, cmd.query_async(&mut conn)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(LimiterError::Unavailable(e.to_string())),
