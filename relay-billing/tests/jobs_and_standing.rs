@@ -55,6 +55,15 @@ impl KeyProvisioner for BrokenKeys {
     }
 }
 
+async fn usd_balance(billing: &Billing, user: &UserId) -> Money {
+    billing
+        .store()
+        .wallet(user, Currency::USD)
+        .await
+        .unwrap()
+        .balance
+}
+
 async fn billing_with(keys: Arc<dyn KeyProvisioner>) -> (Billing, ManualClock) {
     let store = relay_billing::store::memory::open().await.unwrap();
     let clock = ManualClock::new(t0());
@@ -108,7 +117,7 @@ impl UsageSource for PagedBatches {
 }
 
 #[tokio::test]
-async fn usage_to_ledger_takes_pages_until_none_is_left_and_stops_on_a_failing_batch() {
+async fn usage_to_ledger_takes_pages_until_none_is_left_and_ends_on_a_batch_offered_again() {
     let (billing, _clock) = billing_with(Arc::new(NoKeys)).await;
     let user = UserId::new();
     let source = PagedBatches::default();
@@ -123,15 +132,7 @@ async fn usage_to_ledger_takes_pages_until_none_is_left_and_stops_on_a_failing_b
     let r = jobs::usage_to_ledger(&billing, &source).await.unwrap();
     assert_eq!((r.changed, r.unchanged, r.errors.len()), (7, 0, 0));
     assert_eq!(source.0.confirmed.lock().len(), 7);
-    assert_eq!(
-        billing
-            .store()
-            .wallet(&user, Currency::USD)
-            .await
-            .unwrap()
-            .balance,
-        usd("-0.07")
-    );
+    assert_eq!(usd_balance(&billing, &user).await, usd("-0.07"));
     // A source that keeps offering what it was told is charged: the run ends instead of
     // looping, and nothing is charged twice.
     let stubborn = Batches::default();
@@ -159,15 +160,7 @@ async fn usage_to_ledger_takes_pages_until_none_is_left_and_stops_on_a_failing_b
         .await
         .unwrap();
     assert_eq!((r.changed, r.unchanged, r.errors.len()), (0, 1, 0));
-    assert_eq!(
-        billing
-            .store()
-            .wallet(&user, Currency::USD)
-            .await
-            .unwrap()
-            .balance,
-        usd("-0.07")
-    );
+    assert_eq!(usd_balance(&billing, &user).await, usd("-0.07"));
 }
 
 #[derive(Debug)]
@@ -198,15 +191,7 @@ async fn usage_to_ledger_charges_each_batch_once_and_reconciles_with_counters() 
     source.confirmed.lock().clear();
     let r = jobs::usage_to_ledger(&billing, &source).await.unwrap();
     assert_eq!((r.changed, r.unchanged), (0, 3));
-    assert_eq!(
-        billing
-            .store()
-            .wallet(&user, Currency::USD)
-            .await
-            .unwrap()
-            .balance,
-        usd("-1.2035")
-    );
+    assert_eq!(usd_balance(&billing, &user).await, usd("-1.2035"));
     // Pay as you go with no credit: the debt shows in the standing.
     assert_eq!(
         billing.standing(&user).await.unwrap().status,
@@ -441,27 +426,11 @@ async fn service_ledger_operations_validate_and_are_idempotent() {
             .await,
         Err(BillingError::InsufficientFunds { .. })
     ));
-    assert_eq!(
-        billing
-            .store()
-            .wallet(&user, Currency::USD)
-            .await
-            .unwrap()
-            .balance,
-        usd("0")
-    );
+    assert_eq!(usd_balance(&billing, &user).await, usd("0"));
     let (batch, codes) = billing.generate_codes(2, usd("1.5"), None).await.unwrap();
     assert!(batch.starts_with("batch_"));
     billing.redeem(&codes[1], &user).await.unwrap();
-    assert_eq!(
-        billing
-            .store()
-            .wallet(&user, Currency::USD)
-            .await
-            .unwrap()
-            .balance,
-        usd("1.5")
-    );
+    assert_eq!(usd_balance(&billing, &user).await, usd("1.5"));
     assert!(billing.generate_codes(0, usd("1"), None).await.is_err());
 }
 
