@@ -40,7 +40,15 @@ async fn relays_and_meters(backend: &Backend) {
         .to_str()
         .unwrap()
         .starts_with("req_"));
+    // The upstream's length is passed on (not re-chunked), and metering still sees the end.
+    let length: usize = res.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(res.headers().get("transfer-encoding").is_none());
     let v: Value = res.json().await.unwrap();
+    assert_eq!(v.to_string().len(), length, "compact JSON, byte for byte");
     assert_eq!(v["content"][0]["text"], relay_server::demo::upstream::REPLY);
     let prompt = prompt_tokens(body.to_string().len());
     assert_eq!(v["usage"]["cache_read_input_tokens"], prompt / 2);

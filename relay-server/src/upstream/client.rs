@@ -525,9 +525,9 @@ enum BodyError {
 
 /// The upstream body with the idle timeout between chunks.
 ///
-/// It reports no size, even when the upstream sent a content-length: with one hyper stops
-/// polling the body after the last byte and drops it, and the metering body would take the
-/// missing end-of-stream for a client that went away.
+/// It passes on the upstream's length and end: with a content-length, hyper answers with
+/// it (not chunked) and stops polling after the last byte, and the metering body counts the
+/// body complete when this one reports its end after that byte.
 struct IdleBody {
     inner: Incoming,
     idle: Duration,
@@ -548,6 +548,14 @@ impl std::fmt::Debug for IdleBody {
 impl HttpBody for IdleBody {
     type Data = Bytes;
     type Error = BodyError;
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
