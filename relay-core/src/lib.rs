@@ -11,6 +11,7 @@ pub mod account;
 pub mod clock;
 pub mod id;
 pub mod money;
+pub mod per_thread;
 pub mod policy;
 pub mod price;
 pub mod throttle;
@@ -23,6 +24,7 @@ pub use account::{
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use id::{ApiKeyId, IdError, InvoiceId, OrderId, PlanId, RequestId, SubscriptionId, UserId};
 pub use money::{Currency, Money, MoneyError};
+pub use per_thread::PerThread;
 pub use policy::{
     Budget, BudgetPeriod, BudgetSchedule, ClientFamily, Expiry, KeyPolicy, PolicyError, RateWindow,
     Service,

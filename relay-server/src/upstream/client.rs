@@ -173,43 +173,29 @@ impl tower::Service<Uri> for Connector {
 
 type HttpClient = Client<Connector, Full<Bytes>>;
 
-/// One pooled upstream client per thread. A pooled connection is driven by a task on the
-/// runtime that opened it; shared by the server's HTTP threads (each a runtime of its own,
-/// see `Gateway::serve_threads`), a connection opened by one thread made every request of
-/// another hop to that thread and back, two cross-thread wake-ups per request.
+/// One pooled upstream client per thread (see [`relay_core::PerThread`]): the server's
+/// HTTP threads each run a runtime of their own (see `Gateway::serve_on_threads`), and a
+/// connection opened by one thread made every request of another hop to that thread and
+/// back, two cross-thread wake-ups per request.
 #[derive(Debug, Clone)]
 struct PerThreadClient {
     connector: Connector,
-    /// Names this relay's clients in each thread's list (clones share them); an entry whose
-    /// relay is gone is dropped when the thread next adds one.
-    owner: Arc<()>,
-}
-
-thread_local! {
-    static CLIENTS: std::cell::RefCell<Vec<(std::sync::Weak<()>, HttpClient)>> =
-        const { std::cell::RefCell::new(Vec::new()) };
+    clients: relay_core::PerThread<HttpClient>,
 }
 
 impl PerThreadClient {
     fn request(&self, request: Request<Full<Bytes>>) -> hyper_util::client::legacy::ResponseFuture {
-        CLIENTS.with_borrow_mut(|clients| {
-            // A live `Weak` keeps its allocation, so an address is never reused while listed.
-            let mine = Arc::as_ptr(&self.owner);
-            if let Some((_, client)) = clients.iter().find(|(o, _)| std::ptr::eq(o.as_ptr(), mine))
-            {
-                return client.request(request);
-            }
-            clients.retain(|(o, _)| o.strong_count() > 0);
-            let client = Client::builder(TokioExecutor::new())
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new())
-                .pool_idle_timeout(Duration::from_secs(90))
-                .pool_max_idle_per_host(256)
-                .build(self.connector.clone());
-            let pending = client.request(request);
-            clients.push((Arc::downgrade(&self.owner), client));
-            pending
-        })
+        self.clients.with_or_insert(
+            || {
+                Client::builder(TokioExecutor::new())
+                    .pool_timer(TokioTimer::new())
+                    .timer(TokioTimer::new())
+                    .pool_idle_timeout(Duration::from_secs(90))
+                    .pool_max_idle_per_host(256)
+                    .build(self.connector.clone())
+            },
+            |client| client.request(request),
+        )
     }
 }
 
@@ -328,7 +314,7 @@ impl Relay {
         Self {
             http: PerThreadClient {
                 connector,
-                owner: Arc::new(()),
+                clients: relay_core::PerThread::new(),
             },
             idle: timeouts.idle,
             pools,
