@@ -135,13 +135,77 @@ async fn sqlite_migrations_are_idempotent_and_use_their_own_table() {
         .fetch_all(store.pool())
         .await
         .unwrap();
-    assert_eq!(versions, vec![1]);
+    assert_eq!(versions, vec![1, 2]);
     let sqlx_table: Option<String> =
         sqlx::query_scalar("SELECT name FROM sqlite_master WHERE name = '_sqlx_migrations'")
             .fetch_optional(store.pool())
             .await
             .unwrap();
     assert_eq!(sqlx_table, None);
+}
+
+/// A database made by the first schema version (with its per-user and per-key indexes)
+/// is upgraded in place: its records stay, the unread indexes go, the time index stays.
+#[tokio::test]
+async fn sqlite_upgrade_from_version_1_keeps_records_and_drops_unread_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = SqliteConnectOptions::new()
+        .filename(dir.path().join("usage.db"))
+        .create_if_missing(true);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(opts)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE usage_schema_migrations \
+         (version INTEGER PRIMARY KEY NOT NULL, applied_at_ms INTEGER NOT NULL); \
+         INSERT INTO usage_schema_migrations VALUES (1, 0);",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::raw_sql(include_str!("../migrations/sqlite/0001_usage_records.sql"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let store = SqliteUsageStore::new(pool.clone());
+    let e = event(
+        &UserId::new(),
+        &ApiKeyId::new(),
+        "claude-sonnet-4-5",
+        "1.5",
+        [7, 3, 0, 0, 0],
+        Utc::now(),
+    );
+    store.insert_batch(std::slice::from_ref(&e)).await.unwrap();
+    let indexes = |pool: sqlx::SqlitePool| async move {
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'usage_records' \
+             AND name NOT LIKE 'sqlite_autoindex%' ORDER BY name",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        names
+    };
+    assert_eq!(
+        indexes(pool.clone()).await,
+        [
+            "usage_records_at",
+            "usage_records_key_at",
+            "usage_records_user_at"
+        ]
+    );
+
+    sqlite::migrate(&pool).await.unwrap();
+    assert_eq!(indexes(pool.clone()).await, ["usage_records_at"]);
+    let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM usage_schema_migrations")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(versions, vec![1, 2]);
+    assert_eq!(store.record(&e.request_id).await.unwrap(), Some(e));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -157,7 +221,7 @@ async fn postgres_migrations_run_concurrently_once() {
         .fetch_all(store.pool())
         .await
         .unwrap();
-    assert_eq!(versions, vec![1]);
+    assert_eq!(versions, vec![1, 2]);
     drop_schema(&store, &schema).await;
 }
 

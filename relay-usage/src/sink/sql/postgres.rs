@@ -18,10 +18,16 @@ use super::{
 };
 use crate::sink::UsageEvent;
 
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    include_str!("../../../migrations/postgres/0001_usage_records.sql"),
-)];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        include_str!("../../../migrations/postgres/0001_usage_records.sql"),
+    ),
+    (
+        2,
+        include_str!("../../../migrations/postgres/0002_drop_unread_record_indexes.sql"),
+    ),
+];
 
 /// Advisory-lock class of relay-usage's migrations and rollups ("us" in ASCII).
 const LOCK_CLASS: i32 = 0x7573;

@@ -25,10 +25,16 @@ use crate::sink::UsageEvent;
 /// parameters, and few enough statement forms to stay in the statement cache.
 const INSERT_CHUNK: usize = 32;
 
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    include_str!("../../../migrations/sqlite/0001_usage_records.sql"),
-)];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        include_str!("../../../migrations/sqlite/0001_usage_records.sql"),
+    ),
+    (
+        2,
+        include_str!("../../../migrations/sqlite/0002_drop_unread_record_indexes.sql"),
+    ),
+];
 
 /// Create or update relay-usage's tables (`usage_*`); safe to run at every start-up.
 /// Applied versions are kept in `usage_schema_migrations`.
