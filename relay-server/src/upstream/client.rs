@@ -6,8 +6,8 @@
 //! before anything is sent to the client: once an upstream answers with a status we pass
 //! on, its headers and body stream to the client as they arrive, unbuffered.
 //!
-//! The client is hyper's pooled keep-alive client over rustls (webpki roots, ring), HTTP/2
-//! by ALPN for `https` and HTTP/1.1 otherwise, one per thread (see [`PerThreadClient`]).
+//! Connections are hyper's, over rustls (webpki roots, ring), HTTP/2 by ALPN for `https`
+//! and HTTP/1.1 otherwise, kept alive in a pool per thread (see [`super::connections`]).
 //! It follows no redirects. Each account's scheme, authority and path prefix are parsed
 //! once ([`UpstreamBase`]): a request only appends its path.
 
@@ -19,25 +19,18 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use bytes::Bytes;
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{PathAndQuery, Scheme};
 use http::{
     header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri,
 };
 use http_body::{Body as HttpBody, Frame};
 use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use relay_core::Service;
-use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
+use super::connections::{ClientError, Connections, Connector, Origin, UpstreamBody};
 use super::pool::{Account, CooldownPolicy, Failure, Pools};
 use crate::config::UpstreamTimeouts;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Request headers passed to the upstream (everything else, client credentials first, is
 /// dropped).
@@ -94,8 +87,7 @@ pub struct Outbound {
 /// An account's base URL split once into what every request reuses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamBase {
-    scheme: Scheme,
-    authority: Authority,
+    origin: Origin,
     /// The base path without a trailing slash (`""` or `/v1`, `/openai`...).
     path: String,
 }
@@ -121,88 +113,28 @@ impl UpstreamBase {
             .map(|p| p.path().trim_end_matches('/').to_owned())
             .unwrap_or_default();
         Some(Self {
-            scheme,
-            authority,
+            origin: Origin::new(scheme, authority)?,
             path,
         })
+    }
+
+    /// Where its requests go.
+    pub(crate) fn origin(&self) -> &Origin {
+        &self.origin
     }
 
     /// The URI of `path_and_query` (a path from the client's request, query included).
     fn uri(&self, path_and_query: &str) -> Result<Uri, http::Error> {
         // The joined String becomes the URI's bytes without a copy.
         let pq = PathAndQuery::from_maybe_shared(Bytes::from(join(&self.path, path_and_query)))?;
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(pq)
-            .build()
-    }
-}
-
-/// The TLS-capable connector, its connect timeout covering TCP and TLS both.
-#[derive(Debug, Clone)]
-struct Connector {
-    inner: HttpsConnector<HttpConnector>,
-    timeout: Duration,
-}
-
-/// Connecting took longer than the connect timeout.
-#[derive(Debug, thiserror::Error)]
-#[error("connect timed out")]
-struct ConnectTimeout;
-
-impl tower::Service<Uri> for Connector {
-    type Response = MaybeHttpsStream<TokioIo<TcpStream>>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let connecting = self.inner.call(uri);
-        let timeout = self.timeout;
-        Box::pin(async move {
-            tokio::time::timeout(timeout, connecting)
-                .await
-                .unwrap_or_else(|_| Err(ConnectTimeout.into()))
-        })
-    }
-}
-
-type HttpClient = Client<Connector, Full<Bytes>>;
-
-/// One pooled upstream client per thread (see [`relay_core::PerThread`]): the server's
-/// HTTP threads each run a runtime of their own (see `Gateway::serve_on_threads`), and a
-/// connection opened by one thread made every request of another hop to that thread and
-/// back, two cross-thread wake-ups per request.
-#[derive(Debug, Clone)]
-struct PerThreadClient {
-    connector: Connector,
-    clients: relay_core::PerThread<HttpClient>,
-}
-
-impl PerThreadClient {
-    fn request(&self, request: Request<Full<Bytes>>) -> hyper_util::client::legacy::ResponseFuture {
-        self.clients.with_or_insert(
-            || {
-                Client::builder(TokioExecutor::new())
-                    .pool_timer(TokioTimer::new())
-                    .timer(TokioTimer::new())
-                    .pool_idle_timeout(Duration::from_secs(90))
-                    .pool_max_idle_per_host(256)
-                    .build(self.connector.clone())
-            },
-            |client| client.request(request),
-        )
+        self.origin.uri_of(pq)
     }
 }
 
 /// Relays requests to the pools' accounts.
 #[derive(Debug, Clone)]
 pub struct Relay {
-    http: PerThreadClient,
+    http: Connections,
     idle: Duration,
     pools: Arc<Pools>,
     cooldowns: CooldownPolicy,
@@ -251,7 +183,7 @@ enum AttemptError {
     /// No response headers within the idle timeout.
     Timeout,
     /// Connecting or sending failed.
-    Client(hyper_util::client::legacy::Error),
+    Client(ClientError),
 }
 
 impl AttemptError {
@@ -259,9 +191,9 @@ impl AttemptError {
         match self {
             Self::BadUri => "the upstream URL is invalid",
             Self::Timeout => "the upstream did not answer in time",
-            Self::Client(e) if is_connect_timeout(e) => "the upstream did not answer in time",
-            Self::Client(e) if e.is_connect() => "could not connect to the upstream",
-            Self::Client(_) => "the upstream connection failed",
+            Self::Client(ClientError::ConnectTimeout) => "the upstream did not answer in time",
+            Self::Client(ClientError::Connect(_)) => "could not connect to the upstream",
+            Self::Client(ClientError::Request(_)) => "the upstream connection failed",
         }
     }
 }
@@ -284,38 +216,11 @@ impl std::fmt::Display for AttemptError {
     }
 }
 
-fn is_connect_timeout(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if s.is::<ConnectTimeout>() {
-            return true;
-        }
-        source = s.source();
-    }
-    false
-}
-
 impl Relay {
     /// A relay over `pools` with connection pooling and the given timeouts.
     pub fn new(pools: Arc<Pools>, timeouts: UpstreamTimeouts) -> Self {
-        let mut tcp = HttpConnector::new();
-        tcp.enforce_http(false);
-        tcp.set_nodelay(true);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(tcp);
-        let connector = Connector {
-            inner: https,
-            timeout: timeouts.connect,
-        };
         Self {
-            http: PerThreadClient {
-                connector,
-                clients: relay_core::PerThread::new(),
-            },
+            http: Connections::new(Connector::https(timeouts.connect)),
             idle: timeouts.idle,
             pools,
             cooldowns: CooldownPolicy::default(),
@@ -386,9 +291,14 @@ impl Relay {
         &self,
         account: &Account,
         out: &Outbound,
-    ) -> Result<Response<Incoming>, AttemptError> {
+    ) -> Result<Response<UpstreamBody>, AttemptError> {
+        let origin = account
+            .parsed_url
+            .as_ref()
+            .ok_or(AttemptError::BadUri)?
+            .origin();
         let request = self.build(account, out)?;
-        match tokio::time::timeout(self.idle, self.http.request(request)).await {
+        match tokio::time::timeout(self.idle, self.http.send(origin, request)).await {
             Ok(Ok(res)) => Ok(res),
             Ok(Err(e)) => Err(AttemptError::Client(e)),
             Err(_) => Err(AttemptError::Timeout),
@@ -467,7 +377,7 @@ impl Relay {
     }
 
     /// The upstream response as ours: status, the forwarded headers, and the body streamed.
-    fn stream_response(&self, res: Response<Incoming>) -> Response<Body> {
+    fn stream_response(&self, res: Response<UpstreamBody>) -> Response<Body> {
         let (parts, incoming) = res.into_parts();
         let mut headers = HeaderMap::with_capacity(4);
         for name in FORWARD_RESPONSE {
@@ -515,7 +425,7 @@ enum BodyError {
 /// it (not chunked) and stops polling after the last byte, and the metering body counts the
 /// body complete when this one reports its end after that byte.
 struct IdleBody {
-    inner: Incoming,
+    inner: UpstreamBody,
     idle: Duration,
     /// Made on the first wait, then reset: armed while waiting for the next frame.
     timer: Option<Pin<Box<Sleep>>>,

@@ -1,6 +1,7 @@
 //! Upstream accounts: sealed credentials, pools, and the relay client.
 
 pub mod client;
+mod connections;
 pub mod crypto;
 pub mod pool;
 pub mod store;
