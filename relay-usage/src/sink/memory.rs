@@ -112,13 +112,11 @@ impl Buckets {
     }
 }
 
+/// Buckets by name, updated on every event: hashed with foldhash, not SipHash.
+type Aggregates = DashMap<String, Buckets, foldhash::fast::RandomState>;
+
 /// Add `event` to the buckets of `name` in `map`, copying the name only when it is new.
-fn add_to(
-    map: &DashMap<String, Buckets>,
-    name: &str,
-    starts: &[DateTime<Utc>; 3],
-    event: &UsageEvent,
-) {
+fn add_to(map: &Aggregates, name: &str, starts: &[DateTime<Utc>; 3], event: &UsageEvent) {
     match map.get_mut(name) {
         Some(mut buckets) => buckets.add(starts, event),
         None => map.entry(name.to_owned()).or_default().add(starts, event),
@@ -129,9 +127,9 @@ fn add_to(
 #[derive(Debug)]
 pub struct MemoryUsageSink {
     currency: Currency,
-    keys: DashMap<String, Buckets>,
-    users: DashMap<String, Buckets>,
-    models: DashMap<String, Buckets>,
+    keys: Aggregates,
+    users: Aggregates,
+    models: Aggregates,
     recent: Mutex<VecDeque<UsageEvent>>,
     keep_recent: usize,
 }
@@ -141,9 +139,9 @@ impl MemoryUsageSink {
     pub fn new(keep_recent: usize) -> Self {
         Self {
             currency: Currency::USD,
-            keys: DashMap::new(),
-            users: DashMap::new(),
-            models: DashMap::new(),
+            keys: Aggregates::default(),
+            users: Aggregates::default(),
+            models: Aggregates::default(),
             recent: Mutex::new(VecDeque::new()),
             keep_recent,
         }

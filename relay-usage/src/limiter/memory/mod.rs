@@ -69,7 +69,7 @@ pub struct MemoryLimiter {
     clock: SharedClock,
     keys: DashMap<KeyBits, KeyState, BuildKeyHasher>,
     /// Plans by the address of their policy (held alive by the plan's `Weak`).
-    plans: DashMap<usize, Arc<Plan>>,
+    plans: DashMap<usize, Arc<Plan>, foldhash::fast::RandomState>,
     lease_ttl_ms: i64,
     idle_ttl_ms: i64,
 }
@@ -80,7 +80,7 @@ impl MemoryLimiter {
         Self {
             clock,
             keys: DashMap::with_hasher_and_shard_amount(BuildKeyHasher::default(), SHARDS),
-            plans: DashMap::new(),
+            plans: DashMap::default(),
             lease_ttl_ms: millis(DEFAULT_LEASE_TTL),
             idle_ttl_ms: millis(DEFAULT_IDLE_TTL),
         }

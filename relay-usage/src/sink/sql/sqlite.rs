@@ -4,6 +4,7 @@
 //! rollups and range queries read the rows and sum costs in Rust with `rust_decimal`.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use async_trait::async_trait;
 use chrono::NaiveDate;
@@ -24,6 +25,26 @@ use crate::sink::UsageEvent;
 /// Most rows per INSERT statement (see `insert_batch`); well under SQLite's limit on bound
 /// parameters, and few enough statement forms to stay in the statement cache.
 const INSERT_CHUNK: usize = 32;
+
+/// The INSERT of `rows` records (1 to [`INSERT_CHUNK`]), its text made once: formatting the
+/// placeholders for every batch (sqlx's `QueryBuilder`) cost more than binding the values.
+fn insert_sql(rows: usize) -> &'static str {
+    static TEXTS: OnceLock<Vec<String>> = OnceLock::new();
+    let texts = TEXTS.get_or_init(|| {
+        let columns = RECORD_COLUMNS.split(',').count();
+        let row = format!("({})", vec!["?"; columns].join(", "));
+        (1..=INSERT_CHUNK)
+            .map(|n| {
+                format!(
+                    "INSERT INTO usage_records ({RECORD_COLUMNS}) VALUES {} \
+                     ON CONFLICT (request_id) DO NOTHING",
+                    vec![row.as_str(); n].join(", ")
+                )
+            })
+            .collect()
+    });
+    &texts[rows.clamp(1, INSERT_CHUNK) - 1]
+}
 
 const MIGRATIONS: &[(i64, &str)] = &[
     (
@@ -213,25 +234,25 @@ impl UsageRecordStore for SqliteUsageStore {
         let mut tx = self.pool.begin().await?;
         let mut inserted = 0;
         for chunk in events.chunks(INSERT_CHUNK) {
-            let mut qb: QueryBuilder<'_, Sqlite> =
-                QueryBuilder::new(format!("INSERT INTO usage_records ({RECORD_COLUMNS}) "));
-            qb.push_values(chunk, |mut b, e| {
-                b.push_bind(e.request_id.as_str())
-                    .push_bind(e.user_id.as_str())
-                    .push_bind(e.key_id.as_str())
-                    .push_bind(e.service.as_str())
-                    .push_bind(clean_model(&e.model));
+            let mut query = sqlx::query(insert_sql(chunk.len()));
+            for e in chunk {
+                query = query
+                    .bind(e.request_id.as_str())
+                    .bind(e.user_id.as_str())
+                    .bind(e.key_id.as_str())
+                    .bind(e.service.as_str())
+                    .bind(clean_model(&e.model));
                 for c in usage_to_db(&e.usage) {
-                    b.push_bind(c);
+                    query = query.bind(c);
                 }
-                b.push_bind(e.cost.amount().to_string())
-                    .push_bind(e.cost.currency().code())
-                    .push_bind(e.outcome.as_str())
-                    .push_bind(i64::from(e.status))
-                    .push_bind(e.at.timestamp_millis());
-            });
-            qb.push(" ON CONFLICT (request_id) DO NOTHING");
-            inserted += qb.build().execute(&mut *tx).await?.rows_affected();
+                query = query
+                    .bind(e.cost.amount().to_string())
+                    .bind(e.cost.currency().code())
+                    .bind(e.outcome.as_str())
+                    .bind(i64::from(e.status))
+                    .bind(e.at.timestamp_millis());
+            }
+            inserted += query.execute(&mut *tx).await?.rows_affected();
         }
         tx.commit().await?;
         Ok(inserted)
