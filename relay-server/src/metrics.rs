@@ -9,7 +9,8 @@
 //! | `relay_cost_nano_total` | `service`, `model` | metered cost in 10^-9 of the price currency (integers: money never becomes a float) |
 //! | `relay_upstream_account_up` | `service`, `account` | 1 when the account is not cooling down |
 
-use std::collections::HashMap;
+// Looked up on every request: a fast seeded hash, not SipHash.
+use foldhash::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 

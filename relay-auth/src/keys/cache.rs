@@ -36,7 +36,8 @@ pub struct KeyCache {
 
 #[derive(Debug)]
 struct Inner {
-    entries: DashMap<[u8; 32], Arc<CachedKey>>,
+    /// Keyed by the HMAC tag; looked up on every request, so hashed with foldhash.
+    entries: DashMap<[u8; 32], Arc<CachedKey>, foldhash::fast::RandomState>,
     generation: AtomicU64,
     ttl: Duration,
 }
@@ -57,7 +58,7 @@ impl KeyCache {
     pub fn new(ttl: Duration) -> Self {
         Self {
             inner: Arc::new(Inner {
-                entries: DashMap::new(),
+                entries: DashMap::default(),
                 generation: AtomicU64::new(0),
                 ttl,
             }),

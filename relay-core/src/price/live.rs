@@ -4,7 +4,7 @@
 //! The table is swapped whole on each change (copy on write); reading it is one atomic
 //! load, and a book without live overrides skips the lookup after that load.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -44,7 +44,7 @@ impl LiveOverrides {
 
     /// Replace every override at once (loading the persisted ones at start-up).
     pub fn replace_all(&self, prices: Vec<(String, ModelPrice)>) -> Result<(), PriceError> {
-        let mut t = Table::new();
+        let mut t = Table::default();
         for (model, price) in prices {
             price.check(&model)?;
             t.insert(model, Arc::new(price));

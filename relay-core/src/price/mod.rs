@@ -23,7 +23,8 @@
 mod catalog;
 mod live;
 
-use std::collections::HashMap;
+// The model lookups run on every priced request: a fast seeded hash, not SipHash.
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use rust_decimal::prelude::FromPrimitive;
@@ -263,9 +264,9 @@ impl PriceBook {
     pub fn empty(currency: Currency) -> Self {
         Self {
             currency,
-            catalog: HashMap::new(),
-            aliases: HashMap::new(),
-            overrides: HashMap::new(),
+            catalog: HashMap::default(),
+            aliases: HashMap::default(),
+            overrides: HashMap::default(),
             multipliers: Vec::new(),
             global_multiplier: Decimal::ONE,
             default_price: None,
@@ -312,7 +313,7 @@ impl PriceBook {
     fn index_aliases(&mut self) {
         let mut names: Vec<&String> = self.catalog.keys().filter(|k| !k.contains('/')).collect();
         names.sort();
-        let mut aliases = HashMap::new();
+        let mut aliases = HashMap::default();
         for name in names {
             if let Some(base) = strip_date(name) {
                 if !self.catalog.contains_key(base) {
