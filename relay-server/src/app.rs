@@ -622,15 +622,20 @@ impl Gateway {
             .route("/v1/chat/completions", post(llm::chat_completions))
             .route("/v1/responses", post(llm::responses))
             .route("/v1beta/models/{target}", post(llm::gemini))
-            .layer(MeteringLayer::new(
-                Arc::clone(&state.prices),
-                Arc::new(state.sink.clone()),
-            ))
+            // One `layer` call for the three: axum boxes the service (and each request's
+            // future) once per call.
             .layer(
-                PolicyLayer::new(Arc::clone(&state.limiter), Arc::clone(&state.prices))
-                    .with_max_body_bytes(state.max_body_bytes),
-            )
-            .layer(ApiKeyAuthLayer::new(Arc::clone(&state.keys)));
+                tower::ServiceBuilder::new()
+                    .layer(ApiKeyAuthLayer::new(Arc::clone(&state.keys)))
+                    .layer(
+                        PolicyLayer::new(Arc::clone(&state.limiter), Arc::clone(&state.prices))
+                            .with_max_body_bytes(state.max_body_bytes),
+                    )
+                    .layer(MeteringLayer::new(
+                        Arc::clone(&state.prices),
+                        Arc::new(state.sink.clone()),
+                    )),
+            );
         // The model list: authenticated, filtered by the key's policy, not admitted.
         let unmetered = Router::new()
             .route("/v1/models", get(models::list))

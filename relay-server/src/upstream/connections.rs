@@ -113,6 +113,20 @@ impl Connector {
         Self { inner, timeout }
     }
 
+    /// As [`Connector::https`], trusting what `tls` trusts (tests with their own CA).
+    #[cfg(test)]
+    fn with_tls(tls: rustls::ClientConfig, timeout: Duration) -> Self {
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        let inner = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(tcp);
+        Self { inner, timeout }
+    }
+
     async fn connect(&self, origin: &Origin) -> Result<Stream, ClientError> {
         let uri = origin
             .uri_of(PathAndQuery::from_static("/"))
@@ -672,5 +686,71 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, ClientError::Connect(_)), "{err:?}");
+    }
+
+    /// An `https` upstream offering HTTP/2 by ALPN: one connection carries every request,
+    /// concurrent ones included, with the absolute URI HTTP/2 needs.
+    #[tokio::test]
+    async fn https_upstreams_speaking_http2_share_one_connection() {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+        let cert_der = cert.cert.der().clone();
+        let key = rustls::pki_types::PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der());
+        let mut server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert_der.clone()], key.into())
+            .unwrap();
+        server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let tls = acceptor.accept(tcp).await.unwrap();
+                    let service = service_fn(|req: Request<Incoming>| async move {
+                        let text = format!("{:?} {}", req.version(), req.uri());
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert_der).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let conns = Connections::new(Connector::with_tls(client, Duration::from_secs(5)));
+        let origin = Origin::new(Scheme::HTTPS, addr.to_string().parse().unwrap()).unwrap();
+        let expected = format!("HTTP/2.0 https://{addr}/v1/messages");
+        let response = conns
+            .send(&origin, request(&origin, "/v1/messages"))
+            .await
+            .unwrap();
+        assert_eq!(read_to_end(response.into_body()).await, expected);
+        let sends = (0..8).map(|_| async {
+            let response = conns
+                .send(&origin, request(&origin, "/v1/messages"))
+                .await
+                .unwrap();
+            read_to_end(response.into_body()).await
+        });
+        for body in futures_util::future::join_all(sends).await {
+            assert_eq!(body, expected);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 }
