@@ -101,25 +101,29 @@ impl Connector {
     /// TCP (no Nagle delay), then TLS for `https` with the webpki roots, offering HTTP/2
     /// and HTTP/1.1 by ALPN; `timeout` for each connection.
     pub(crate) fn https(timeout: Duration) -> Self {
-        let mut tcp = HttpConnector::new();
-        tcp.enforce_http(false);
-        tcp.set_nodelay(true);
-        let inner = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(tcp);
-        Self { inner, timeout }
+        Self::over(
+            hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots(),
+            timeout,
+        )
     }
 
     /// As [`Connector::https`], trusting what `tls` trusts (tests with their own CA).
     #[cfg(test)]
     fn with_tls(tls: rustls::ClientConfig, timeout: Duration) -> Self {
+        Self::over(
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls),
+            timeout,
+        )
+    }
+
+    fn over(
+        tls: hyper_rustls::HttpsConnectorBuilder<hyper_rustls::builderstates::WantsSchemes>,
+        timeout: Duration,
+    ) -> Self {
         let mut tcp = HttpConnector::new();
         tcp.enforce_http(false);
-        let inner = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
+        tcp.set_nodelay(true);
+        let inner = tls
             .https_or_http()
             .enable_http1()
             .enable_http2()
@@ -523,6 +527,12 @@ mod tests {
         Connections::new(Connector::https(Duration::from_secs(2)))
     }
 
+    /// One request to `path`, its body read to the end.
+    async fn fetch(conns: &Connections, origin: &Origin, path: &'static str) -> String {
+        let response = conns.send(origin, request(origin, path)).await.unwrap();
+        read_to_end(response.into_body()).await
+    }
+
     /// Read as hyper's server does: stop at the body's reported end, never polling past it.
     async fn read_to_end(mut body: UpstreamBody) -> String {
         let mut out = Vec::new();
@@ -541,12 +551,8 @@ mod tests {
         let origin = origin(addr);
         let conns = connections();
         for _ in 0..20 {
-            let response = conns
-                .send(&origin, request(&origin, "/v1/messages?beta=true"))
-                .await
-                .unwrap();
             assert_eq!(
-                read_to_end(response.into_body()).await,
+                fetch(&conns, &origin, "/v1/messages?beta=true").await,
                 format!("/v1/messages?beta=true false {addr}")
             );
         }
@@ -559,9 +565,8 @@ mod tests {
         let origin = origin(addr);
         let conns = connections();
         for _ in 0..5 {
-            let response = conns.send(&origin, request(&origin, "/a")).await.unwrap();
             assert_eq!(
-                read_to_end(response.into_body()).await,
+                fetch(&conns, &origin, "/a").await,
                 format!("/a false {addr}")
             );
         }
@@ -602,8 +607,7 @@ mod tests {
         let origin = origin(addr);
         let conns = connections();
         for _ in 0..5 {
-            let response = conns.send(&origin, request(&origin, "/a")).await.unwrap();
-            assert_eq!(read_to_end(response.into_body()).await, "ok");
+            assert_eq!(fetch(&conns, &origin, "/a").await, "ok");
             // Let the upstream's close arrive (or not) before the next checkout.
             tokio::time::sleep(Duration::from_millis(40)).await;
         }
@@ -623,12 +627,10 @@ mod tests {
         let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!(first, "x");
         drop(body);
-        let response = conns.send(&origin, request(&origin, "/s")).await.unwrap();
-        assert_eq!(read_to_end(response.into_body()).await, "xx");
+        assert_eq!(fetch(&conns, &origin, "/s").await, "xx");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         // That one ended: it is reused.
-        let response = conns.send(&origin, request(&origin, "/s")).await.unwrap();
-        assert_eq!(read_to_end(response.into_body()).await, "xx");
+        assert_eq!(fetch(&conns, &origin, "/s").await, "xx");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
@@ -638,10 +640,7 @@ mod tests {
         let origin = origin(addr);
         let conns = connections();
         for _ in 0..3 {
-            let sends = (0..8).map(|_| async {
-                let response = conns.send(&origin, request(&origin, "/s")).await.unwrap();
-                read_to_end(response.into_body()).await
-            });
+            let sends = (0..8).map(|_| fetch(&conns, &origin, "/s"));
             for body in futures_util::future::join_all(sends).await {
                 assert_eq!(body, "xx");
             }
@@ -664,8 +663,7 @@ mod tests {
                     .unwrap();
                 rt.block_on(async {
                     for _ in 0..3 {
-                        let response = conns.send(&origin, request(&origin, "/t")).await.unwrap();
-                        read_to_end(response.into_body()).await;
+                        fetch(&conns, &origin, "/t").await;
                     }
                 });
             })
@@ -736,18 +734,8 @@ mod tests {
         let conns = Connections::new(Connector::with_tls(client, Duration::from_secs(5)));
         let origin = Origin::new(Scheme::HTTPS, addr.to_string().parse().unwrap()).unwrap();
         let expected = format!("HTTP/2.0 https://{addr}/v1/messages");
-        let response = conns
-            .send(&origin, request(&origin, "/v1/messages"))
-            .await
-            .unwrap();
-        assert_eq!(read_to_end(response.into_body()).await, expected);
-        let sends = (0..8).map(|_| async {
-            let response = conns
-                .send(&origin, request(&origin, "/v1/messages"))
-                .await
-                .unwrap();
-            read_to_end(response.into_body()).await
-        });
+        assert_eq!(fetch(&conns, &origin, "/v1/messages").await, expected);
+        let sends = (0..8).map(|_| fetch(&conns, &origin, "/v1/messages"));
         for body in futures_util::future::join_all(sends).await {
             assert_eq!(body, expected);
         }
