@@ -545,32 +545,29 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
-    #[tokio::test]
-    async fn sequential_requests_share_one_connection_in_origin_form() {
-        let (addr, accepted) = upstream(Upstream::KeepAlive).await;
+    /// `n` requests one after another to an upstream answering as `kind`, each answer checked
+    /// (origin-form path, no authority on the wire, `Host` set); how many connections it took.
+    async fn sequential(kind: Upstream, n: usize) -> usize {
+        let (addr, accepted) = upstream(kind).await;
         let origin = origin(addr);
         let conns = connections();
-        for _ in 0..20 {
+        for _ in 0..n {
             assert_eq!(
                 fetch(&conns, &origin, "/v1/messages?beta=true").await,
                 format!("/v1/messages?beta=true false {addr}")
             );
         }
-        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        accepted.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn sequential_requests_share_one_connection_in_origin_form() {
+        assert_eq!(sequential(Upstream::KeepAlive, 20).await, 1);
     }
 
     #[tokio::test]
     async fn a_closed_connection_is_not_reused() {
-        let (addr, accepted) = upstream(Upstream::Close).await;
-        let origin = origin(addr);
-        let conns = connections();
-        for _ in 0..5 {
-            assert_eq!(
-                fetch(&conns, &origin, "/a").await,
-                format!("/a false {addr}")
-            );
-        }
-        assert_eq!(accepted.load(Ordering::SeqCst), 5);
+        assert_eq!(sequential(Upstream::Close, 5).await, 5);
     }
 
     /// An upstream that closes each connection after one answer without saying so: the
