@@ -119,6 +119,8 @@ pub struct Gateway {
     key_bus: Option<tokio::task::JoinHandle<()>>,
     jobs: tokio::task::JoinHandle<()>,
     delivery: Option<(Arc<DeliveryWorker>, tokio::task::JoinHandle<()>)>,
+    /// Shared by every router built here, so shutdown can wait for its settlements.
+    metering: MeteringLayer,
 }
 
 /// Billing's standing for the key service, set once billing exists: billing needs the key
@@ -595,7 +597,9 @@ impl Gateway {
             max_body_bytes: config.max_body_bytes,
             metrics: crate::metrics::install(),
         });
+        let metering = MeteringLayer::new(Arc::clone(&state.prices), Arc::new(state.sink.clone()));
         Ok(Self {
+            metering,
             state,
             demo,
             demo_upstream,
@@ -631,10 +635,7 @@ impl Gateway {
                         PolicyLayer::new(Arc::clone(&state.limiter), Arc::clone(&state.prices))
                             .with_max_body_bytes(state.max_body_bytes),
                     )
-                    .layer(MeteringLayer::new(
-                        Arc::clone(&state.prices),
-                        Arc::new(state.sink.clone()),
-                    )),
+                    .layer(self.metering.clone()),
             );
         // The model list: authenticated, filtered by the key's policy, not admitted.
         let unmetered = Router::new()
@@ -684,19 +685,22 @@ impl Gateway {
         threads: usize,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
-        crate::serve::on_threads(self.router(), listener, threads, shutdown).await?;
+        let settled = self.metering.clone();
+        crate::serve::on_threads(self.router(), listener, threads, shutdown, settled).await?;
         self.finish().await
     }
 
     /// After the last connection: flush and stop everything in order.
     async fn finish(self) -> Result<(), ServerError> {
         tracing::info!("in-flight requests drained; flushing");
+        crate::serve::settle_metering(&self.metering).await;
         if let Some(a) = &self.state.usage_aggregates {
             if let Err(e) = a.shutdown().await {
                 tracing::error!(error = %e, "usage aggregates not all written at shutdown");
             }
         }
-        // Every metered request has recorded its event by now: drain them to the database.
+        // Every metered request has settled and recorded its event by now: drain them to
+        // the database.
         match self.state.usage_writer.shutdown().await {
             Ok(report) => tracing::info!(written = report.written, "usage records flushed"),
             Err(e) => tracing::error!(error = %e, "usage records not all written at shutdown"),

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use axum::serve::{Listener, ListenerExt};
 use axum::Router;
+use relay_usage::layer::metering::MeteringLayer;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -60,12 +61,14 @@ impl Listener for Handoff {
 }
 
 /// Serve `app` on `threads` threads until `shutdown`, then stop accepting, let every thread
-/// drain its connections (streams included), and return.
+/// drain its connections (streams included) and the settlements `metering` spawned on it,
+/// and return.
 pub(crate) async fn on_threads(
     app: Router,
     listener: TcpListener,
     threads: usize,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    metering: MeteringLayer,
 ) -> io::Result<()> {
     let local = listener.local_addr()?;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -77,6 +80,7 @@ pub(crate) async fn on_threads(
         let (done_tx, done_rx) = oneshot::channel();
         finished.push(done_rx);
         let app = app.clone();
+        let metering = metering.clone();
         let mut stop = stop_rx.clone();
         std::thread::Builder::new()
             .name(format!("relay-http-{i}"))
@@ -96,7 +100,10 @@ pub(crate) async fn on_threads(
                                 // An error means the sender is gone: stop as well.
                                 let _ = stop.wait_for(|stopping| *stopping).await;
                             })
-                            .await
+                            .await?;
+                            // Dropping the runtime would drop the settlement tasks with it.
+                            settle_metering(&metering).await;
+                            Ok(())
                         })
                     });
                 // The receiver only goes away if the server's own task was dropped.
@@ -121,6 +128,20 @@ pub(crate) async fn on_threads(
         }
     }
     first_error.map_or(Ok(()), Err)
+}
+
+/// How long shutdown waits for the settlements of ended responses (a Redis limiter that
+/// stopped answering would otherwise hold it forever; the leases then expire on their own).
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Wait, within [`SETTLE_TIMEOUT`], until every ended response has settled and recorded.
+pub(crate) async fn settle_metering(metering: &MeteringLayer) {
+    if tokio::time::timeout(SETTLE_TIMEOUT, metering.settled())
+        .await
+        .is_err()
+    {
+        tracing::error!("responses still settling at shutdown; their leases will expire");
+    }
 }
 
 /// A timer that always fires within a second, on each HTTP thread.

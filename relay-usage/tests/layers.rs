@@ -74,6 +74,18 @@ impl Stack {
         Response = Response<impl http_body::Body<Data = Bytes, Error = impl std::fmt::Debug>>,
         Error = Infallible,
     > + Clone {
+        self.service_with(&MeteringLayer::new(prices(), self.sink.clone()))
+    }
+
+    /// The stack with `metering` in place of one recording into `self.sink`.
+    fn service_with(
+        &self,
+        metering: &MeteringLayer,
+    ) -> impl Service<
+        Request<Full<Bytes>>,
+        Response = Response<impl http_body::Body<Data = Bytes, Error = impl std::fmt::Debug>>,
+        Error = Infallible,
+    > + Clone {
         let streams = self.stream_tx.clone();
         let upstream = service_fn(move |req: Request<Full<Bytes>>| {
             let streams = streams.clone();
@@ -114,7 +126,7 @@ impl Stack {
                 Ok(Response::new(Full::new(Bytes::from(json)).boxed_unsync()))
             }
         });
-        let metered = MeteringLayer::new(prices(), self.sink.clone()).layer(upstream);
+        let metered = metering.layer(upstream);
         let policy = PolicyLayer::new(self.limiter.clone(), prices())
             .with_max_body_bytes(4096)
             .layer(metered);
@@ -454,4 +466,65 @@ async fn a_body_with_a_known_length_completes_without_a_final_poll() {
     let events = s.sink.wait_for(1, Duration::from_secs(5)).await;
     assert_eq!(events[0].outcome, MeterOutcome::Complete);
     assert_eq!(events[0].cost.amount(), EXPECTED_COST);
+}
+
+/// Records into `inner` once a permit is added to `gate`.
+#[derive(Debug)]
+struct GatedSink {
+    gate: Arc<tokio::sync::Semaphore>,
+    inner: Arc<MemoryUsageSink>,
+}
+
+#[async_trait::async_trait]
+impl relay_usage::sink::UsageSink for GatedSink {
+    async fn record(&self, event: relay_usage::sink::UsageEvent) {
+        let _open = self.gate.acquire().await;
+        self.inner.record(event).await;
+    }
+}
+
+#[tokio::test]
+async fn settlement_follows_the_body_and_settled_waits_for_it() {
+    let s = stack(KeyPolicy::default());
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let sink = Arc::new(GatedSink {
+        gate: gate.clone(),
+        inner: s.sink.clone(),
+    });
+    let metering = MeteringLayer::new(prices(), sink);
+    let svc = s.service_with(&metering);
+    let (status, _, body) = send(
+        &svc,
+        request(
+            "/v1/messages",
+            r#"{"model":"claude-test","max_tokens":1024,"messages":[]}"#,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("\"text\":\"Hi\""));
+    // The whole body was read before its settlement ran (this test's task has not yielded
+    // since): the client does not wait for the bookkeeping.
+    assert_eq!(s.limiter.in_flight(&s.principal.key_id).await.ok(), Some(1));
+    // Given the thread, the settlement frees the lease, then waits for the closed sink,
+    // which holds `settled` back...
+    let waited = tokio::time::timeout(Duration::from_millis(50), metering.settled()).await;
+    assert!(
+        waited.is_err(),
+        "settled() returned before the event was recorded"
+    );
+    assert_eq!(s.limiter.in_flight(&s.principal.key_id).await.ok(), Some(0));
+    assert!(s.sink.recent().is_empty());
+    // ...until it records: then `settled` returns, with the event there.
+    gate.add_permits(1);
+    tokio::time::timeout(Duration::from_secs(5), metering.settled())
+        .await
+        .expect("settled() returns once the sink recorded");
+    let events = s.sink.recent();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].cost, Money::new(EXPECTED_COST, Currency::USD));
+    // With nothing pending, `settled` returns at once.
+    tokio::time::timeout(Duration::from_secs(5), metering.settled())
+        .await
+        .expect("nothing pending");
 }

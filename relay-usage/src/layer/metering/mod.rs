@@ -3,11 +3,16 @@
 //! For requests that carry [`RequestFacts`] and a [`Principal`] in their extensions (the
 //! [`PolicyLayer`](crate::layer::policy::PolicyLayer) puts the facts and the permit there),
 //! the response body is wrapped in a [`MeteredBody`], which parses usage while bytes pass
-//! to the client and, when the body ends (or the client goes away), prices the usage
-//! exactly, settles the permit and sends a [`UsageEvent`](crate::sink::UsageEvent) to the
-//! sink. Other requests pass through unmetered.
+//! to the client and, when the body ends (or the client goes away), spawns a task that
+//! prices the usage exactly, settles the permit and sends a
+//! [`UsageEvent`](crate::sink::UsageEvent) to the sink. The task runs once the body's
+//! last bytes are on their way, so the client does not wait for the bookkeeping; a test
+//! that reads the sink right after the body waits for the event (as
+//! [`MemoryUsageSink::wait_for`](crate::sink::MemoryUsageSink::wait_for) does). Other
+//! requests pass through unmetered.
 
 mod body;
+mod pending;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,6 +25,7 @@ use relay_core::{PriceBook, Principal, RequestId, SharedClock, SystemClock};
 use tower::{Layer, Service};
 
 pub use body::MeteredBody;
+use pending::Pending;
 
 use crate::facts::RequestFacts;
 use crate::layer::policy::PermitSlot;
@@ -31,6 +37,7 @@ pub(crate) struct Shared {
     pub(crate) prices: Arc<PriceBook>,
     pub(crate) sink: Arc<dyn UsageSink>,
     pub(crate) clock: SharedClock,
+    pub(crate) pending: Arc<Pending>,
 }
 
 /// Applies [`Metering`] to a service.
@@ -47,6 +54,7 @@ impl MeteringLayer {
                 prices,
                 sink,
                 clock: Arc::new(SystemClock),
+                pending: Arc::default(),
             }),
         }
     }
@@ -58,8 +66,16 @@ impl MeteringLayer {
                 prices: self.shared.prices.clone(),
                 sink: self.shared.sink.clone(),
                 clock,
+                pending: self.shared.pending.clone(),
             }),
         }
+    }
+
+    /// Resolves once every metered body that has ended (or been dropped) has settled its
+    /// permit and recorded its event. A server awaits it after its last connection closed
+    /// and before it drops the runtime those settlements run on, or flushes the sink.
+    pub async fn settled(&self) {
+        self.shared.pending.wait_idle().await;
     }
 }
 
