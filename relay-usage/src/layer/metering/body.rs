@@ -1,6 +1,7 @@
 //! [`MeteredBody`]: a response body that meters usage as it streams.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::Buf;
@@ -10,7 +11,7 @@ use pin_project_lite::pin_project;
 use relay_core::{Money, Usage};
 use rust_decimal::Decimal;
 
-use super::Context_;
+use super::{Context_, Pending};
 use crate::limiter::Permit;
 use crate::meter::UsageParser;
 use crate::sink::{MeterOutcome, UsageEvent};
@@ -52,7 +53,7 @@ pin_project! {
                 } else {
                     MeterOutcome::ClientDisconnected
                 };
-                meter.finish_soon(ended);
+                meter.finish(ended);
             }
         }
     }
@@ -110,36 +111,12 @@ impl Meter {
         }
     }
 
-    /// Settle and record in a task of its own: spawned here, it runs once the task polling
-    /// the body yields, which for a server is after the body's last bytes were written to
-    /// the client. Parsing the usage, pricing, settling and recording took a fifth of the
-    /// relay's work on a response, all of it between the upstream's last byte and the
-    /// client's; the permit holds its reservation until then, so budgets stay bounded.
-    fn finish_soon(self, ended: MeterOutcome) {
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                let pending = self.ctx.shared.pending.start();
-                handle.spawn(async move {
-                    self.finish(ended).await;
-                    drop(pending);
-                });
-            }
-            // Dropped here, the permit settles its floor when a runtime runs, or its lease
-            // expires.
-            Err(_) if self.ctx.facts.billable => tracing::warn!(
-                request_id = %self.ctx.request_id,
-                "no runtime to record usage on; the permit's lease will expire"
-            ),
-            Err(_) => {}
-        }
-    }
-
     /// Price what was consumed, settle, record. `ended` is how the body ended. A request
     /// that is not billable (token counting) settles at zero and records no event.
-    async fn finish(mut self, ended: MeterOutcome) {
+    fn finish(mut self, ended: MeterOutcome) {
         if !self.ctx.facts.billable {
             if let Some(permit) = self.ctx.permit {
-                settle(permit, 0, Decimal::ZERO).await;
+                spawn_settle(permit, 0, Decimal::ZERO, &self.ctx.shared.pending);
             }
             return;
         }
@@ -182,17 +159,62 @@ impl Meter {
             status: self.status.as_u16(),
             at: ctx.shared.clock.now(),
         };
-        if let Some(permit) = ctx.permit {
-            settle(permit, usage.total_tokens(), cost).await;
-        }
-        ctx.shared.sink.record(event).await;
+        let permit = ctx.permit;
+        let sink = ctx.shared.sink.clone();
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(request_id = %event.request_id, "no runtime to record usage on; the permit's lease will expire");
+            return;
+        };
+        let work = Box::pin(async move {
+            if let Some(permit) = permit {
+                if let Err(e) = permit.settle(usage.total_tokens(), cost).await {
+                    tracing::warn!(error = %e, "settling a permit failed; its lease will expire");
+                }
+            }
+            sink.record(event).await;
+        });
+        run_here_or_spawn(&handle, &ctx.shared.pending, work);
     }
 }
 
-async fn settle(permit: Permit, tokens: u64, cost: Decimal) {
-    if let Err(e) = permit.settle(tokens, cost).await {
-        tracing::warn!(error = %e, "settling a permit failed; its lease will expire");
+/// Poll `work` once here and spawn it only if it must wait, counted in `pending` until it
+/// ends (see [`MeteringLayer::settled`](super::MeteringLayer::settled)). Settling on the
+/// memory limiter and queueing the usage event are done in that one poll, so a client
+/// that has read the whole body finds its lease released; a task spawned for them cost a
+/// task allocation and a wake-up of another worker thread on every request. A backend
+/// that waits (Redis, a full queue) finishes in the task, which polls it again with a real
+/// waker.
+fn run_here_or_spawn(
+    handle: &tokio::runtime::Handle,
+    pending: &Arc<Pending>,
+    mut work: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+) {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    if work.as_mut().poll(&mut cx).is_pending() {
+        let settlement = pending.start();
+        handle.spawn(async move {
+            work.await;
+            drop(settlement);
+        });
     }
+}
+
+/// Settle `permit` in a task of its own (the body is polled in synchronous code).
+fn spawn_settle(permit: Permit, tokens: u64, cost: Decimal, pending: &Arc<Pending>) {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        // Dropped here, the permit settles its floor when a runtime runs, or its lease
+        // expires.
+        return;
+    };
+    run_here_or_spawn(
+        &handle,
+        pending,
+        Box::pin(async move {
+            if let Err(e) = permit.settle(tokens, cost).await {
+                tracing::warn!(error = %e, "settling a permit failed; its lease will expire");
+            }
+        }),
+    );
 }
 
 impl<B> Body for MeteredBody<B>
@@ -217,18 +239,18 @@ where
                 // `None` never comes: the body is complete when the inner one says so.
                 if this.inner.is_end_stream() {
                     if let Some(meter) = this.meter.take() {
-                        meter.finish_soon(MeterOutcome::Complete);
+                        meter.finish(MeterOutcome::Complete);
                     }
                 }
             }
             Some(Err(_)) => {
                 if let Some(meter) = this.meter.take() {
-                    meter.finish_soon(MeterOutcome::UpstreamError);
+                    meter.finish(MeterOutcome::UpstreamError);
                 }
             }
             None => {
                 if let Some(meter) = this.meter.take() {
-                    meter.finish_soon(MeterOutcome::Complete);
+                    meter.finish(MeterOutcome::Complete);
                 }
             }
         }

@@ -3,13 +3,10 @@
 //! For requests that carry [`RequestFacts`] and a [`Principal`] in their extensions (the
 //! [`PolicyLayer`](crate::layer::policy::PolicyLayer) puts the facts and the permit there),
 //! the response body is wrapped in a [`MeteredBody`], which parses usage while bytes pass
-//! to the client and, when the body ends (or the client goes away), spawns a task that
-//! prices the usage exactly, settles the permit and sends a
-//! [`UsageEvent`](crate::sink::UsageEvent) to the sink. The task runs once the body's
-//! last bytes are on their way, so the client does not wait for the bookkeeping; a test
-//! that reads the sink right after the body waits for the event (as
-//! [`MemoryUsageSink::wait_for`](crate::sink::MemoryUsageSink::wait_for) does). Other
-//! requests pass through unmetered.
+//! to the client and, when the body ends (or the client goes away), prices the usage
+//! exactly, settles the permit and sends a [`UsageEvent`](crate::sink::UsageEvent) to the
+//! sink; what has to wait for a backend (Redis, a full queue) finishes in a spawned task,
+//! which [`MeteringLayer::settled`] waits for. Other requests pass through unmetered.
 
 mod body;
 mod pending;
@@ -72,8 +69,9 @@ impl MeteringLayer {
     }
 
     /// Resolves once every metered body that has ended (or been dropped) has settled its
-    /// permit and recorded its event. A server awaits it after its last connection closed
-    /// and before it drops the runtime those settlements run on, or flushes the sink.
+    /// permit and recorded its event, including those that had to wait for their backend
+    /// in a task of their own. A server awaits it after its last connection closed and
+    /// before it drops the runtime those tasks run on, or flushes the sink.
     pub async fn settled(&self) {
         self.shared.pending.wait_idle().await;
     }
