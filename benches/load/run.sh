@@ -2,6 +2,8 @@
 # Load benchmark of the relay gateway, run by hand (not in CI), on one machine:
 #   (a) direct calls to the demo upstream stand-in,
 #   (b) the same calls through nginx as a plain reverse proxy with upstream keep-alive,
+#   (b') through a bare hyper reverse proxy laid out as the gateway serves (relay-loadgen
+#       proxy): the floor under a hyper-based gateway, so the relay's own cost shows apart,
 #   (c) the full relay stack (auth, admission, relay, metering) on the memory limiter,
 #   (d) the same on Redis, with Redis commands per relayed request from INFO commandstats.
 # Prints throughput and p50/p99 latency with 32 connections and with 1 for each setup,
@@ -24,8 +26,9 @@ CONNS="${CONNECTIONS:-32}"
 ROUNDS="${ROUNDS:-3}"
 REDIS_PORT="${REDIS_PORT:-6390}"
 REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
-PORT_BASE="${PORT_BASE:-9101}"  # four ports from here: stand-in, nginx, relay (memory), relay (redis)
+PORT_BASE="${PORT_BASE:-9101}"  # five ports from here: stand-in, nginx, relay (memory), relay (redis), bare hyper
 UP=127.0.0.1:$PORT_BASE NGINX=127.0.0.1:$((PORT_BASE + 1)) MEM=127.0.0.1:$((PORT_BASE + 2)) RED=127.0.0.1:$((PORT_BASE + 3))
+HYPER=127.0.0.1:$((PORT_BASE + 4))
 KEY="rk_live_benchbenchbenchbenchbenchbenchbenchbenchben"
 BODY='{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"Hello, relay"}]}'
 # Generous caps that are still counted on every request: a window, a budget, a lease.
@@ -78,6 +81,8 @@ http {
 NGINX
 nginx -c "$WORK/nginx.conf"
 wait_port "$NGINX"
+"$BIN/relay-loadgen" proxy --bind "$HYPER" --upstream "$UP" >/dev/null & PIDS+=($!)
+wait_port "$HYPER"
 
 start_relay() { # bind redis-url-or-empty
   RELAY_DEMO=true RELAY_DEMO_KEY="$KEY" RELAY_DEMO_UPSTREAM="http://$UP" RELAY_DEMO_POLICY="$POLICY" \
@@ -87,18 +92,22 @@ start_relay() { # bind redis-url-or-empty
   wait_port "$1"
 }
 
-echo "# direct, nginx, relay (memory) in $ROUNDS interleaved rounds, then relay (redis); ${SECS}s per run"
+echo "# direct, nginx, bare hyper, relay (memory) in $ROUNDS interleaved rounds, then relay (redis); ${SECS}s per run"
 start_relay "$MEM" ""
-THROUGHPUT_RATIOS="" ADDED_NGINX="" ADDED_MEM=""
+THROUGHPUT_RATIOS="" ADDED_NGINX="" ADDED_MEM="" HYPER_RATIOS="" ADDED_HYPER=""
 for round in $(seq 1 "$ROUNDS"); do
   echo "# round $round"
   load direct "http://$UP/v1/messages" "$CONNS"; DIRECT_RPS="$(field "$OUT" rps)"
   load nginx "http://$NGINX/v1/messages" "$CONNS"; NGINX_RPS="$(field "$OUT" rps)"
+  load hyper "http://$HYPER/v1/messages" "$CONNS"; HYPER_RPS="$(field "$OUT" rps)"
   load relay-memory "http://$MEM/v1/messages" "$CONNS"; MEM_RPS="$(field "$OUT" rps)"
   load direct "http://$UP/v1/messages" 1; DIRECT_P50="$(field "$OUT" p50_us)"
   load nginx "http://$NGINX/v1/messages" 1; NGINX_P50="$(field "$OUT" p50_us)"
+  load hyper "http://$HYPER/v1/messages" 1; HYPER_P50="$(field "$OUT" p50_us)"
   load relay-memory "http://$MEM/v1/messages" 1; MEM_P50="$(field "$OUT" p50_us)"
   THROUGHPUT_RATIOS="$THROUGHPUT_RATIOS $(ratio "$MEM_RPS" "$NGINX_RPS")"
+  HYPER_RATIOS="$HYPER_RATIOS $(ratio "$HYPER_RPS" "$NGINX_RPS")"
+  ADDED_HYPER="$ADDED_HYPER $((HYPER_P50 - DIRECT_P50))"
   NGINX_RPS_ALL="${NGINX_RPS_ALL:-} $NGINX_RPS" DIRECT_P50_ALL="${DIRECT_P50_ALL:-} $DIRECT_P50"
   NGINX_DIRECT_RATIOS="${NGINX_DIRECT_RATIOS:-} $(ratio "$NGINX_RPS" "$DIRECT_RPS")"
   ADDED_NGINX="$ADDED_NGINX $((NGINX_P50 - DIRECT_P50))"
@@ -147,6 +156,7 @@ fi
 
 echo "# summary"
 echo "summary throughput: relay-memory/nginx=$(echo "$THROUGHPUT_RATIOS" | median) (rounds:$THROUGHPUT_RATIOS) relay-redis/nginx=$(ratio "$RED_RPS" "$NGINX_RPS") (against the median nginx) nginx/direct=$(echo "$NGINX_DIRECT_RATIOS" | median) (target relay/nginx >= 0.70)"
+echo "summary bare_hyper: hyper/nginx=$(echo "$HYPER_RATIOS" | median) (rounds:$HYPER_RATIOS) added_p50_us_at_1_conn=$(echo "$ADDED_HYPER" | median) (rounds:$ADDED_HYPER)"
 echo "summary added_p50_us_at_1_conn: nginx=$(echo "$ADDED_NGINX" | median) (rounds:$ADDED_NGINX) relay-memory=$(echo "$ADDED_MEM" | median) (rounds:$ADDED_MEM) relay-redis=$(if [ -n "$RED_P50" ]; then echo $((RED_P50 - ${DIRECT_P50%.*})); else echo n/a; fi) (against the median direct) (target relay < 100)"
 echo "summary peak_rss_mib: relay-memory=$((MEM_RSS / 1024)) relay-redis=$(if [ -n "$RED_RSS" ]; then echo $((RED_RSS / 1024)); else echo n/a; fi)"
 echo "summary redis_commands_per_request: top_level=$TOP_PER_REQ total_with_script_commands=$TOTAL_PER_REQ (target <= 4)"

@@ -1,8 +1,10 @@
 //! `relay-loadgen`: a small closed-loop HTTP/1.1 load generator for `benches/load/run.sh`,
-//! and a stand-alone demo upstream to measure against.
+//! a stand-alone demo upstream to measure against, and a bare hyper reverse proxy (the
+//! floor under a hyper-based gateway).
 //!
 //! ```text
 //! relay-loadgen upstream --bind 127.0.0.1:9101
+//! relay-loadgen proxy --bind 127.0.0.1:9105 --upstream 127.0.0.1:9101
 //! relay-loadgen run --url http://127.0.0.1:8080/v1/messages --connections 32 --seconds 10 \
 //!     --header 'x-api-key: rk_live_...' --body '{"model":...}'
 //! ```
@@ -10,6 +12,8 @@
 //! Each connection sends its next request when the previous answer has been read to the
 //! end (keep-alive). Only loopback targets are accepted, and runs are bounded (at most
 //! 120 s), so a mistyped URL cannot turn this into traffic against anybody else.
+
+mod proxy;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,6 +41,18 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:9101")]
         bind: SocketAddr,
+    },
+    /// Relay every request to `upstream` as a bare hyper reverse proxy.
+    Proxy {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9105")]
+        bind: SocketAddr,
+        /// Address of the upstream (HTTP/1.1).
+        #[arg(long)]
+        upstream: SocketAddr,
+        /// Serving threads, each with a single-threaded runtime (default: the CPUs).
+        #[arg(long)]
+        threads: Option<usize>,
     },
     /// Send requests and report throughput and latency.
     Run {
@@ -204,6 +220,22 @@ async fn main() -> std::process::ExitCode {
                     up.stop().await;
                     std::process::ExitCode::SUCCESS
                 }
+                Err(e) => {
+                    eprintln!("relay-loadgen: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Proxy {
+            bind,
+            upstream,
+            threads,
+        } => {
+            let threads = threads.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            });
+            match proxy::serve(bind, upstream, threads).await {
+                Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("relay-loadgen: {e}");
                     std::process::ExitCode::FAILURE
