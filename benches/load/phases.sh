@@ -17,40 +17,17 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/targets/server}"
 SECS="${SECONDS_PER_RUN:-4}"
 PORT_BASE="${PORT_BASE:-9121}"
 UP=127.0.0.1:$PORT_BASE NGINX=127.0.0.1:$((PORT_BASE + 1)) HYPER=127.0.0.1:$((PORT_BASE + 2)) MEM=127.0.0.1:$((PORT_BASE + 3))
-KEY="rk_live_benchbenchbenchbenchbenchbenchbenchbenchben"
-BODY='{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"Hello, relay"}]}'
-POLICY='{"concurrency":4096,"rate_windows":[{"window_secs":60,"max_requests":100000000}],"budgets":[{"period":"daily","cap":{"amount":"1000000","currency":"USD"}}]}'
 command -v perf >/dev/null || { echo "phases.sh needs perf (apt-get install linux-perf)" >&2; exit 1; }
-cargo build --release -p relay-server --bins >&2
-BIN="$CARGO_TARGET_DIR/release"
-WORK="$(mktemp -d)"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; nginx -c "$WORK/nginx.conf" -s stop 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-wait_port() { for _ in $(seq 1 300); do (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return; sleep 0.1; done; echo "nothing on $1" >&2; exit 1; }
+# shellcheck source=common.sh
+. benches/load/common.sh
 
 "$BIN/relay-loadgen" upstream --bind "$UP" >/dev/null & PIDS+=($!)
-cat > "$WORK/nginx.conf" <<NGINX
-worker_processes auto;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  upstream demo { server $UP; keepalive 256; keepalive_requests 10000000; }
-  server {
-    listen $NGINX;
-    keepalive_requests 10000000;
-    location / { proxy_pass http://demo; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; }
-  }
-}
-NGINX
-nginx -c "$WORK/nginx.conf"
 "$BIN/relay-loadgen" proxy --bind "$HYPER" --upstream "$UP" >/dev/null & PIDS+=($!)
-RELAY_DEMO=true RELAY_DEMO_KEY="$KEY" RELAY_DEMO_UPSTREAM="http://$UP" RELAY_DEMO_POLICY="$POLICY" \
-DATABASE_URL="sqlite://$WORK/relay.db" RELAY_BIND="$MEM" RUST_LOG=warn \
-  "$BIN/relay-server" >/dev/null 2>"$WORK/relay.log" & PIDS+=($!)
-for a in "$UP" "$NGINX" "$HYPER" "$MEM"; do wait_port "$a"; done
+HYPER_PID=$!
+wait_port "$UP"
+start_nginx
+start_relay "$MEM" ""
+wait_port "$HYPER"
 
 cpu_ticks() { for t in "$@"; do echo "$(awk '{print $14 + $15}' "$t/stat" 2>/dev/null || echo 0) $t"; done; }
 busiest_thread() { # pids... -> the thread that used the most CPU in the last second
@@ -112,5 +89,5 @@ print(f"{name}: p50 {p50.group(1)} us (traced) | request path {path(client, upst
 
 echo "# medians per request at one connection, ${SECS}s each"
 measure nginx "$NGINX" $(pgrep -f "nginx: worker process" | tr '\n' ' ')
-measure bare-hyper "$HYPER" "${PIDS[1]}"
-measure relay-memory "$MEM" "${PIDS[2]}"
+measure bare-hyper "$HYPER" "$HYPER_PID"
+measure relay-memory "$MEM" "$RELAY_PID"
