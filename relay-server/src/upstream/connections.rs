@@ -466,8 +466,13 @@ mod tests {
         Slow,
     }
 
-    /// A local upstream; returns its address and how many connections it accepted.
-    async fn upstream(kind: Upstream) -> (SocketAddr, Arc<AtomicUsize>) {
+    /// Accept on a local port, handing each connection to `serve` in a task of its own;
+    /// returns the address and how many connections were accepted.
+    async fn accept_counting<F, Fut>(serve: F) -> (SocketAddr, Arc<AtomicUsize>)
+    where
+        F: Fn(TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -476,40 +481,46 @@ mod tests {
             loop {
                 let (tcp, _) = listener.accept().await.unwrap();
                 count.fetch_add(1, Ordering::SeqCst);
-                let service = service_fn(move |req: Request<Incoming>| async move {
-                    // Origin-form on the wire, the authority in `Host`.
-                    let text = format!(
-                        "{} {} {}",
-                        req.uri(),
-                        req.uri().authority().is_some(),
-                        req.headers()[header::HOST].to_str().unwrap()
-                    );
-                    let body = match kind {
-                        Upstream::KeepAlive | Upstream::Close => {
-                            http_body_util::Either::Left(Full::new(Bytes::from(text)))
-                        }
-                        Upstream::Slow => {
-                            let chunks = futures_util::stream::unfold(0, |i| async move {
-                                if i == 2 {
-                                    return None;
-                                }
-                                tokio::time::sleep(Duration::from_millis(50)).await;
-                                Some((Ok::<_, Infallible>(Frame::data(Bytes::from("x"))), i + 1))
-                            });
-                            http_body_util::Either::Right(StreamBody::new(chunks))
-                        }
-                    };
-                    Ok::<_, Infallible>(Response::new(body))
-                });
-                tokio::spawn(async move {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .keep_alive(matches!(kind, Upstream::KeepAlive | Upstream::Slow))
-                        .serve_connection(TokioIo::new(tcp), service)
-                        .await;
-                });
+                tokio::spawn(serve(tcp));
             }
         });
         (addr, accepted)
+    }
+
+    /// A local upstream; returns its address and how many connections it accepted.
+    async fn upstream(kind: Upstream) -> (SocketAddr, Arc<AtomicUsize>) {
+        accept_counting(move |tcp| async move {
+            let service = service_fn(move |req: Request<Incoming>| async move {
+                // Origin-form on the wire, the authority in `Host`.
+                let text = format!(
+                    "{} {} {}",
+                    req.uri(),
+                    req.uri().authority().is_some(),
+                    req.headers()[header::HOST].to_str().unwrap()
+                );
+                let body = match kind {
+                    Upstream::KeepAlive | Upstream::Close => {
+                        http_body_util::Either::Left(Full::new(Bytes::from(text)))
+                    }
+                    Upstream::Slow => {
+                        let chunks = futures_util::stream::unfold(0, |i| async move {
+                            if i == 2 {
+                                return None;
+                            }
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            Some((Ok::<_, Infallible>(Frame::data(Bytes::from("x"))), i + 1))
+                        });
+                        http_body_util::Either::Right(StreamBody::new(chunks))
+                    }
+                };
+                Ok::<_, Infallible>(Response::new(body))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .keep_alive(matches!(kind, Upstream::KeepAlive | Upstream::Slow))
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        })
+        .await
     }
 
     fn origin(addr: SocketAddr) -> Origin {
@@ -699,27 +710,20 @@ mod tests {
             .unwrap();
         server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = Arc::clone(&accepted);
-        tokio::spawn(async move {
-            loop {
-                let (tcp, _) = listener.accept().await.unwrap();
-                count.fetch_add(1, Ordering::SeqCst);
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    let tls = acceptor.accept(tcp).await.unwrap();
-                    let service = service_fn(|req: Request<Incoming>| async move {
-                        let text = format!("{:?} {}", req.version(), req.uri());
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
-                    });
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
+        let (addr, accepted) = accept_counting(move |tcp| {
+            let acceptor = acceptor.clone();
+            async move {
+                let tls = acceptor.accept(tcp).await.unwrap();
+                let service = service_fn(|req: Request<Incoming>| async move {
+                    let text = format!("{:?} {}", req.version(), req.uri());
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
                 });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
             }
-        });
+        })
+        .await;
 
         let mut roots = rustls::RootCertStore::empty();
         roots.add(cert_der).unwrap();
