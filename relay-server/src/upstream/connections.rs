@@ -310,7 +310,10 @@ impl Connections {
                 Err((None, e)) => return Err(e),
             }
         }
-        let taken = self.open(origin).await?;
+        // Boxed: opening a connection (TLS, HTTP/2 handshake) is a state machine of
+        // several KB that every request's future would otherwise carry, and copy each
+        // time a layer boxes it, though only a cold connection needs it.
+        let taken = Box::pin(self.open(origin)).await?;
         self.send_on(origin, taken, request)
             .await
             .map_err(|(_, e)| e)
