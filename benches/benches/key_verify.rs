@@ -1,8 +1,9 @@
 //! The cached API-key verification path of relay-auth, in ns per request: what every
 //! gateway request pays before admission. Measured three ways in one run: the HMAC alone
-//! (the floor: a key must be hashed to be looked up), `authenticate_cached` (HMAC + cache
-//! lookup + checks + building the `Principal` + recording the use), and a full
-//! `ApiKeyAuthLayer` call around a no-op service (adds header parsing and the future).
+//! (what a cache miss pays before the store lookup, and what a hit paid before the cache
+//! was keyed by a SipHash tag), `authenticate_cached` (tag + cache lookup + checks +
+//! building the `Principal` + recording the use), and a full `ApiKeyAuthLayer` call
+//! around a no-op service (adds header parsing and the future).
 
 use std::convert::Infallible;
 use std::hint::black_box;

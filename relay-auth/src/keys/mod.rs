@@ -3,8 +3,9 @@
 //! A key is `rk_live_` followed by base64url of 32 random bytes (256 bits). It is shown
 //! once, at issue; the store keeps only HMAC-SHA256(pepper, key), so a database leak
 //! without the pepper yields nothing usable, and lookups stay a single indexed read.
-//! Verification on the gateway goes through [`KeyCache`]: the hot path is one HMAC and a
-//! map lookup, with last-use times buffered and written in batches.
+//! Verification on the gateway goes through [`KeyCache`]: the hot path is one keyed
+//! SipHash and a map lookup (the HMAC is computed only on a miss, to query the store),
+//! with last-use times buffered and written in batches.
 //!
 //! Known limits, by design: an unknown but well-formed key is looked up in the store each
 //! time (no negative cache, which an attacker could fill); throttle such callers per IP in
@@ -404,10 +405,9 @@ impl ApiKeyService {
         if !well_formed(presented) {
             return Some(Err(KeyRejection::Malformed));
         }
-        let hash = self.hasher.hash(presented);
         let now = self.clock.now();
-        let entry = self.cache.get(&hash, now)?;
-        Some(self.admit(&hash, &entry, now))
+        let entry = self.cache.get(presented, now)?;
+        Some(self.admit(&entry.record.hash, &entry, now))
     }
 
     /// Verify a presented key: from the cache, or from the store (then cached).
@@ -437,7 +437,7 @@ impl ApiKeyService {
             loaded_at: now,
         });
         self.cache
-            .insert_if_current(hash, Arc::clone(&entry), generation);
+            .insert_if_current(presented, Arc::clone(&entry), generation);
         self.admit(&hash, &entry, now)
     }
 
