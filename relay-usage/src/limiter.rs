@@ -409,7 +409,9 @@ impl Drop for Permit {
 }
 
 /// A lease's id: the last 52 bits of the request id's hex, all random (the first digits are
-/// its time); exact in Lua's doubles, and cheaper than hashing the whole id.
+/// its time); exact in Lua's doubles, and cheaper than hashing the whole id. Only the Redis
+/// backend keeps leases by id.
+#[cfg(feature = "redis")]
 pub(crate) fn lease_id(rid: &RequestId) -> u64 {
     let hex = rid.as_str().trim_start_matches("req_");
     let tail = hex.len().saturating_sub(13);
