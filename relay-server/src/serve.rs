@@ -186,3 +186,6 @@ async fn accept_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
