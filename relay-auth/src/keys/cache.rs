@@ -5,9 +5,9 @@
 //! instead of two SHA-256 blocks, and without that random key nobody can aim a presented
 //! key at another key's entry (SipHash is a PRF; a collision is a 2^-128 event). Entries
 //! hold the record (with its HMAC, for the store and for invalidation), the owner's
-//! effective status and when they were loaded; they live for a short TTL and are dropped explicitly when a
-//! key or its owner changes (on this instance directly, on others through the optional
-//! Redis bus). A load that started before an invalidation is not inserted after it (a
+//! effective status and when they were loaded; they live for a short TTL and are dropped
+//! explicitly when a key or its owner changes (on this instance directly, on others
+//! through the optional Redis bus). A load that started before an invalidation is not inserted after it (a
 //! generation counter), so a revoked key cannot be resurrected by a slow concurrent miss.
 
 use std::hash::Hasher as _;
