@@ -468,30 +468,12 @@ async fn a_body_with_a_known_length_completes_without_a_final_poll() {
     assert_eq!(events[0].cost.amount(), EXPECTED_COST);
 }
 
-/// Records into `inner` once a permit is added to `gate`.
-#[derive(Debug)]
-struct GatedSink {
-    gate: Arc<tokio::sync::Semaphore>,
-    inner: Arc<MemoryUsageSink>,
-}
-
-#[async_trait::async_trait]
-impl relay_usage::sink::UsageSink for GatedSink {
-    async fn record(&self, event: relay_usage::sink::UsageEvent) {
-        let _open = self.gate.acquire().await;
-        self.inner.record(event).await;
-    }
-}
-
 #[tokio::test]
 async fn settled_waits_for_a_sink_that_is_still_recording() {
     let s = stack(KeyPolicy::default());
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let sink = Arc::new(GatedSink {
-        gate: gate.clone(),
-        inner: s.sink.clone(),
-    });
-    let metering = MeteringLayer::new(prices(), sink);
+    let sink = relay_usage::sink::GatedSink::closed(s.sink.clone());
+    let gate = sink.gate.clone();
+    let metering = MeteringLayer::new(prices(), Arc::new(sink));
     let svc = s.service_with(&metering);
     let (status, _, body) = send(
         &svc,

@@ -7,8 +7,9 @@
 //! hold the record (with its HMAC, for the store and for invalidation), the owner's
 //! effective status and when they were loaded; they live for a short TTL and are dropped
 //! explicitly when a key or its owner changes (on this instance directly, on others
-//! through the optional Redis bus). A load that started before an invalidation is not inserted after it (a
-//! generation counter), so a revoked key cannot be resurrected by a slow concurrent miss.
+//! through the optional Redis bus). A load that started before an invalidation is not
+//! inserted after it (a generation counter), so a revoked key cannot be resurrected by a
+//! slow concurrent miss.
 
 use std::hash::Hasher as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -164,28 +165,16 @@ impl Invalidation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use relay_core::ApiKeyId;
 
     fn entry(user: &UserId, hash: [u8; 32]) -> Arc<CachedKey> {
         let now = Utc::now();
+        let record = ApiKeyRecord {
+            hash,
+            ..crate::test_utils::sample_key(user, now)
+        };
         Arc::new(CachedKey {
-            record: ApiKeyRecord {
-                id: ApiKeyId::new(),
-                user_id: user.clone(),
-                name: "k".into(),
-                tags: Vec::new(),
-                policy: KeyPolicy::default(),
-                hash,
-                hint: "rk_live_x".into(),
-                created_at: now,
-                first_used_at: None,
-                last_used_at: None,
-                expires_at: None,
-                revoked_at: None,
-                suspended_at: None,
-                own_limits: None,
-            },
-            policy: Arc::new(KeyPolicy::default()),
+            policy: Arc::new(record.policy.clone()),
+            record,
             owner_status: AccountStatus::Active,
             loaded_at: now,
             first_used_ms: AtomicI64::new(i64::MIN),

@@ -14,25 +14,10 @@ use relay_core::{AccountStatus, ApiKeyId, KeyPolicy, PriceBook, Principal, Syste
 use relay_usage::layer::metering::MeteringLayer;
 use relay_usage::layer::policy::PolicyLayer;
 use relay_usage::limiter::Limiter;
-use relay_usage::sink::{MemoryUsageSink, UsageEvent, UsageSink};
+use relay_usage::sink::{GatedSink, MemoryUsageSink};
 use relay_usage::MemoryLimiter;
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, Semaphore};
-
-/// A sink that records only once its gate opens.
-#[derive(Debug)]
-struct GatedSink {
-    gate: Arc<Semaphore>,
-    inner: Arc<MemoryUsageSink>,
-}
-
-#[async_trait::async_trait]
-impl UsageSink for GatedSink {
-    async fn record(&self, event: UsageEvent) {
-        let _open = self.gate.acquire().await;
-        self.inner.record(event).await;
-    }
-}
+use tokio::sync::oneshot;
 
 const ANSWER: &str = r#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[{"type":"text","text":"Hi"}],"usage":{"input_tokens":10,"output_tokens":5}}"#;
 
@@ -63,14 +48,9 @@ async fn shutdown_waits_for_a_settlement_still_recording() {
     );
     let limiter: Arc<dyn Limiter> = Arc::new(MemoryLimiter::new(Arc::new(SystemClock)));
     let recorded = Arc::new(MemoryUsageSink::new(16));
-    let gate = Arc::new(Semaphore::new(0));
-    let metering = MeteringLayer::new(
-        Arc::clone(&prices),
-        Arc::new(GatedSink {
-            gate: Arc::clone(&gate),
-            inner: Arc::clone(&recorded),
-        }),
-    );
+    let sink = GatedSink::closed(Arc::clone(&recorded));
+    let gate = Arc::clone(&sink.gate);
+    let metering = MeteringLayer::new(Arc::clone(&prices), Arc::new(sink));
     let principal = Principal {
         user_id: UserId::new(),
         key_id: ApiKeyId::new(),

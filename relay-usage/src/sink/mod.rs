@@ -3,6 +3,8 @@
 //! [`MemoryUsageSink`] keeps real-time aggregates per key, user and model by hour, day and
 //! month (bucketed in UTC) and the last events, for tests, examples and single-instance use.
 
+#[cfg(feature = "test-utils")]
+mod gated;
 mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
@@ -15,6 +17,8 @@ use relay_core::{ApiKeyId, Money, RequestId, Service, Usage, UserId};
 
 #[cfg(feature = "redis")]
 pub use self::redis::{AggregateStats, AggregatesConfig, RedisSinkError, RedisUsageAggregates};
+#[cfg(feature = "test-utils")]
+pub use gated::GatedSink;
 pub use memory::{AggregateKey, Granularity, MemoryUsageSink, Scope, Totals};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use sql::{
