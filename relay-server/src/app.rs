@@ -5,24 +5,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Request};
-use axum::middleware::Next;
-use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use http::HeaderValue;
 use metrics_exporter_prometheus::PrometheusHandle;
 use relay_auth::{AccountService, ApiKeyAuthLayer, ApiKeyService, MemoryOutbox};
 use relay_billing::{Billing, BillingConfig};
 use relay_core::{
-    AccountStanding, PriceBook, RequestId, SharedClock, Standing, StandingError, SystemClock,
-    Throttle, UserId,
+    AccountStanding, PriceBook, SharedClock, Standing, StandingError, SystemClock, Throttle, UserId,
 };
 use relay_usage::layer::metering::MeteringLayer;
-use relay_usage::layer::policy::{ClientIp, PolicyLayer};
+use relay_usage::layer::policy::PolicyLayer;
 use relay_usage::sink::{MemoryUsageSink, SqlUsageWriter, UsageSink, WriterConfig};
 use relay_usage::{Limiter, MemoryLimiter};
-use tracing::Instrument;
+use tower::Layer as _;
 
 use crate::api::{self, ApiState};
 use crate::audit::AuditLog;
@@ -34,6 +29,7 @@ use crate::jobs::{
     RunClaims, SqlRunClaims, UsageFlushJob, UsageRollupJob,
 };
 use crate::notify::{DeliveryWorker, Notifications, Outbox, SmtpMailer};
+use crate::observe::{Observe, ObserveLayer};
 use crate::routes::models::{models_from_catalog, ModelEntry};
 use crate::routes::{llm, models, ops};
 use crate::upstream::{store as account_store, CredentialCipher, Pools, Relay};
@@ -612,10 +608,15 @@ impl Gateway {
         })
     }
 
-    /// The router: LLM routes behind `ApiKeyAuthLayer` -> `PolicyLayer` -> `MeteringLayer`
-    /// -> relay, operations routes open, every response tagged with a request id and
-    /// counted.
-    pub fn router(&self) -> Router {
+    /// The gateway as a service: the router (LLM routes behind `ApiKeyAuthLayer` ->
+    /// `PolicyLayer` -> `MeteringLayer` -> relay, operations and account routes open) in
+    /// [`Observe`], which tags every response with a request id and counts it.
+    pub fn service(&self) -> Observe<Router> {
+        ObserveLayer.layer(self.router())
+    }
+
+    /// The routes alone, without [`Observe`] around them.
+    fn router(&self) -> Router {
         let state = Arc::clone(&self.state);
         // Router::layer wraps what is above it: the last layer added runs first.
         let relayed = Router::new()
@@ -651,7 +652,6 @@ impl Gateway {
             .with_state(state)
             // Full paths (`/api/...`, `/webhooks/...`, `/openapi.json`), no fallback of its own.
             .merge(api::router(self.api.clone()))
-            .layer(axum::middleware::from_fn(observe))
     }
 
     /// Serve on `listener` until `shutdown`, then drain in-flight requests (streams
@@ -664,16 +664,13 @@ impl Gateway {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         use axum::serve::ListenerExt;
-        let app = self.router();
+        let app = self.service();
         // Answers go out as soon as they are written: without TCP_NODELAY the end of a
         // streamed body can wait for the client's ACK of the previous segment (Nagle).
         let listener = listener.tap_io(crate::serve::set_nodelay);
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await?;
+        axum::serve(listener, app.make_service())
+            .with_graceful_shutdown(shutdown)
+            .await?;
         self.finish().await
     }
 
@@ -686,7 +683,7 @@ impl Gateway {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         let settled = self.metering.clone();
-        crate::serve::on_threads(self.router(), listener, threads, shutdown, settled).await?;
+        crate::serve::on_threads(self.service(), listener, threads, shutdown, settled).await?;
         self.finish().await
     }
 
@@ -729,37 +726,6 @@ impl Gateway {
         self.state.db.close().await;
         Ok(())
     }
-}
-
-/// Request id, tracing span and metrics around every request.
-async fn observe(mut req: Request, next: Next) -> Response {
-    let id = RequestId::new();
-    let route = crate::metrics::route_label(req.uri().path());
-    req.extensions_mut().insert(id.clone());
-    if let Some(ConnectInfo(addr)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied() {
-        req.extensions_mut().insert(ClientIp(addr.ip()));
-    }
-    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), route);
-    let mut res = next.run(req).instrument(span).await;
-    let status = res.status().as_u16();
-    crate::metrics::request(route, status);
-    let llm = !matches!(
-        route,
-        "/healthz" | "/readyz" | "/metrics" | "/api" | "/webhooks" | "other"
-    );
-    if llm {
-        match status {
-            401 => crate::metrics::denial("unauthenticated"),
-            402 => crate::metrics::denial("payment"),
-            403 => crate::metrics::denial("forbidden"),
-            429 => crate::metrics::denial("rate_limited"),
-            _ => {}
-        }
-    }
-    if let Ok(v) = HeaderValue::from_str(id.as_str()) {
-        res.headers_mut().insert("x-request-id", v);
-    }
-    res
 }
 
 #[cfg(test)]

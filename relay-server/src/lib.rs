@@ -16,6 +16,7 @@ pub mod demo;
 pub mod jobs;
 pub mod metrics;
 pub mod notify;
+pub mod observe;
 pub mod routes;
 mod serve;
 pub mod sink;

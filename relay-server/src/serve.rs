@@ -21,6 +21,8 @@ use relay_usage::layer::metering::MeteringLayer;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::observe::Observe;
+
 /// Answers go out as soon as they are written: without `TCP_NODELAY` the end of a streamed
 /// body can wait for the client's ACK of the previous segment (Nagle).
 pub(crate) fn set_nodelay(tcp: &mut TcpStream) {
@@ -64,7 +66,7 @@ impl Listener for Handoff {
 /// drain its connections (streams included) and the settlements `metering` spawned on it,
 /// and return.
 pub(crate) async fn on_threads(
-    app: Router,
+    app: Observe<Router>,
     listener: TcpListener,
     threads: usize,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -92,15 +94,12 @@ pub(crate) async fn on_threads(
                         rt.block_on(async move {
                             tokio::spawn(standing_tick());
                             let listener = Handoff { rx, local }.tap_io(set_nodelay);
-                            axum::serve(
-                                listener,
-                                app.into_make_service_with_connect_info::<SocketAddr>(),
-                            )
-                            .with_graceful_shutdown(async move {
-                                // An error means the sender is gone: stop as well.
-                                let _ = stop.wait_for(|stopping| *stopping).await;
-                            })
-                            .await?;
+                            axum::serve(listener, app.make_service())
+                                .with_graceful_shutdown(async move {
+                                    // An error means the sender is gone: stop as well.
+                                    let _ = stop.wait_for(|stopping| *stopping).await;
+                                })
+                                .await?;
                             // Dropping the runtime would drop the settlement tasks with it.
                             settle_metering(&metering).await;
                             Ok(())

@@ -186,7 +186,7 @@ async fn with_smtp_account_mail_goes_through_the_durable_outbox() {
     assert!(gateway.state.outbox.is_none());
     let notifications = gateway.state.notifications.clone().expect("SMTP on");
     let res = gateway
-        .router()
+        .service()
         .oneshot(
             axum::http::Request::post("/api/user/register")
                 .header("content-type", "application/json")
@@ -291,7 +291,7 @@ async fn without_an_encryption_key_totp_answers_not_configured() {
             req = req.header("authorization", format!("Bearer {t}"));
         }
         gateway
-            .router()
+            .service()
             .oneshot(req.body(axum::body::Body::from(body.to_string())).unwrap())
     };
     let res = call(

@@ -173,9 +173,9 @@ impl FromRequestParts<ApiState> for Admin {
 
 /// The client's IP address: the first `X-Forwarded-For` hop when
 /// [`ApiConfig::trust_forwarded_for`](super::ApiConfig::trust_forwarded_for) is set (behind
-/// a proxy), else the peer address when the server was started with connect info
-/// (`into_make_service_with_connect_info::<SocketAddr>()`). `None` otherwise: per-IP
-/// limits then share one bucket.
+/// a proxy), else the peer address, which [`Observe`](crate::observe::Observe) puts on
+/// every request it serves from a connection. `None` otherwise: per-IP limits then share
+/// one bucket.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub Option<IpAddr>);
 

@@ -79,7 +79,7 @@ async fn shutdown_waits_for_a_settlement_still_recording() {
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let mut server = tokio::spawn(super::on_threads(
-        app,
+        tower::Layer::layer(&crate::observe::ObserveLayer, app),
         listener,
         2,
         async move {
