@@ -69,6 +69,28 @@ pub fn request(route: &'static str, status: u16) {
     cache.write().insert((route, status), c);
 }
 
+/// Count an answer by route and status, and a 4xx of an LLM route as a denial by reason.
+pub fn answered(route: &'static str, status: u16) {
+    request(route, status);
+    if is_llm_route(route) {
+        match status {
+            401 => denial("unauthenticated"),
+            402 => denial("payment"),
+            403 => denial("forbidden"),
+            429 => denial("rate_limited"),
+            _ => {}
+        }
+    }
+}
+
+/// Whether a [`route_label`] is one of the LLM routes (whose 4xx answers are denials).
+fn is_llm_route(route: &str) -> bool {
+    !matches!(
+        route,
+        "/healthz" | "/readyz" | "/metrics" | "/api" | "/webhooks" | "other"
+    )
+}
+
 /// Count a refusal.
 pub fn denial(reason: &'static str) {
     metrics::counter!("relay_denials_total", "reason" => reason).increment(1);
@@ -196,7 +218,22 @@ pub fn route_label(path: &str) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use super::route_label;
+    use super::{is_llm_route, route_label};
+
+    #[test]
+    fn operations_routes_are_not_llm_routes() {
+        for route in [
+            "/healthz",
+            "/readyz",
+            "/metrics",
+            "/api",
+            "/webhooks",
+            "other",
+        ] {
+            assert!(!is_llm_route(route), "{route}");
+        }
+        assert!(is_llm_route(route_label("/v1/messages")));
+    }
 
     #[test]
     fn product_api_paths_share_bounded_labels() {

@@ -111,30 +111,12 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let mut res = ready!(this.inner.poll(cx))?;
-        let status = res.status().as_u16();
-        crate::metrics::request(this.route, status);
-        if is_llm_route(this.route) {
-            match status {
-                401 => crate::metrics::denial("unauthenticated"),
-                402 => crate::metrics::denial("payment"),
-                403 => crate::metrics::denial("forbidden"),
-                429 => crate::metrics::denial("rate_limited"),
-                _ => {}
-            }
-        }
+        crate::metrics::answered(this.route, res.status().as_u16());
         if let Some(v) = this.header.take() {
             res.headers_mut().insert(REQUEST_ID_HEADER, v);
         }
         Poll::Ready(Ok(res))
     }
-}
-
-/// Whether a route label is one of the LLM routes (whose 4xx answers are denials).
-fn is_llm_route(route: &str) -> bool {
-    !matches!(
-        route,
-        "/healthz" | "/readyz" | "/metrics" | "/api" | "/webhooks" | "other"
-    )
 }
 
 /// Make-service of [`Observe`] for `axum::serve`: each connection's service knows its peer.
@@ -252,20 +234,5 @@ mod tests {
         let res = svc.oneshot(req).await.unwrap();
         assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
         assert!(res.headers().contains_key(REQUEST_ID_HEADER));
-    }
-
-    #[test]
-    fn operations_routes_are_not_llm_routes() {
-        for route in [
-            "/healthz",
-            "/readyz",
-            "/metrics",
-            "/api",
-            "/webhooks",
-            "other",
-        ] {
-            assert!(!is_llm_route(route), "{route}");
-        }
-        assert!(is_llm_route(crate::metrics::route_label("/v1/messages")));
     }
 }
